@@ -1,0 +1,1 @@
+"""Promptune's ML library (public API filled in as the modules land)."""
