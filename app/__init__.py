@@ -1,0 +1,1 @@
+"""Promptune service: FastAPI front end, database, storage, ingest and the CLI."""
