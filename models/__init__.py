@@ -1,1 +1,106 @@
-"""Promptune's ML library (public API filled in as the modules land)."""
+"""Promptune's ML library: prompt learning on frozen open_clip and timm backbones.
+
+A pure library (no web, database or queue imports), usable from a notebook::
+
+    from models import BackboneSpec, load_backbone, build_method, TrainConfig, Trainer
+    from models import save_checkpoint, load_checkpoint, TunedPredictor, data
+
+    backbone = load_backbone(BackboneSpec(family="timm", arch="vit_base_patch16_224",
+                                          weights="augreg_in21k", kind="supervised"))
+    listing = data.read_image_folder("flowers.zip")
+    splits = data.split_samples(listing.samples, val_fraction=0.2, seed=0)
+    method = build_method("spt", backbone, {"mode": "deep", "init": "random"}, listing.class_names)
+    train = listing.dataset(backbone.transform, samples=splits["train"])
+    val = listing.dataset(backbone.transform, samples=splits["val"])
+    result = Trainer(method, TrainConfig(epochs=10, lr=1e-3), train, val).fit()
+    method.load_learned_state_dict(result.best_state)
+    save_checkpoint(method, "flowers.safetensors", metrics=result.metrics)
+    predictions = TunedPredictor(load_checkpoint("flowers.safetensors")).predict(images, k=5)
+
+Methods register themselves by name (``rpp``, ``spt``); see :func:`list_methods`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from . import data
+from . import rpp as _rpp  # noqa: F401  (registers "rpp")
+from . import spt as _spt  # noqa: F401  (registers "spt")
+from .backbones import Backbone, BackboneSpec, Preprocessing, load_backbone, save_clip_local_dir, save_timm_weights
+from .base import MethodConfig, PromptMethod
+from .checkpoint import load_checkpoint, read_checkpoint_metadata, save_checkpoint
+from .engine import TrainConfig, Trainer, TrainResult
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    PromptuneError,
+    TrainingCancelled,
+    WeightsIntegrityError,
+    WeightsNotFoundError,
+)
+from .inference import TunedPredictor, ZeroShotClassifier, predict_topk
+from .registry import get_method, list_methods, method_config
+
+__version__ = "0.1.0"
+
+
+def build_method(
+    name: str,
+    backbone: Backbone,
+    config: MethodConfig | Mapping[str, Any] | None,
+    class_names: Sequence[str],
+) -> PromptMethod:
+    """Build a registered method on a loaded backbone.
+
+    Args:
+        name: a registered method name (``rpp``, ``spt``).
+        backbone: from :func:`load_backbone`; its family must match the method's.
+        config: the method's config dataclass, or a plain dict validated into it (unknown keys rejected).
+        class_names: the label space the method predicts over.
+
+    Returns:
+        The method, with every backbone tensor frozen.
+    """
+    entry = get_method(name)
+    if backbone.family != entry.family:
+        raise ConfigError("backbone", f"method {name!r} needs a {entry.family} backbone, got {backbone.family}")
+    if not isinstance(config, MethodConfig):
+        config = entry.config_cls.from_dict(config)
+    return entry.model_cls(backbone, config, class_names)
+
+
+__all__ = [
+    "Backbone",
+    "BackboneSpec",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "MethodConfig",
+    "Preprocessing",
+    "PromptMethod",
+    "PromptuneError",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "TrainingCancelled",
+    "TunedPredictor",
+    "WeightsIntegrityError",
+    "WeightsNotFoundError",
+    "ZeroShotClassifier",
+    "build_method",
+    "data",
+    "get_method",
+    "list_methods",
+    "load_backbone",
+    "load_checkpoint",
+    "method_config",
+    "predict_topk",
+    "read_checkpoint_metadata",
+    "save_checkpoint",
+    "save_clip_local_dir",
+    "save_timm_weights",
+    "__version__",
+]
