@@ -1,0 +1,133 @@
+"""RPP configuration (Revisiting Prompt Pretraining, arXiv 2409.06166; papers.md A).
+
+Only the abstract of RPP is public. What is taken from it: unshared query/key/value prompts, and soft
+labels from a frozen CLIP teacher's zero-shot probabilities added to the hard-label loss. The training
+loss around them is POMP's (local contrast over K sampled classes with local correction, papers.md A.4).
+Everything else (where the prompts sit, carry mode, depth, KD direction and temperature) is INFERRED and
+configurable; the defaults are documented field by field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ..backbones.spec import BackboneSpec
+from ..base import MethodConfig
+from ..clip_prompting.config import CARRY_MODES, MAX_PROMPT_LENGTH, PromptTowerConfig
+from ..config import check_choice, check_float, check_int
+from ..errors import ConfigError
+
+DEFAULT_TEMPLATES = ("a photo of a {}.",)
+MAX_TEMPLATES = 256
+
+
+@dataclasses.dataclass
+class RPPConfig(MethodConfig):
+    """RPP on an open_clip CLIP.
+
+    Args:
+        text_design: ``qkv`` (RPP, default) | ``shared`` (IVLP) | ``coop`` (POMP's shallow context) | ``none``.
+        vision_design: ``qkv`` (default) | ``shared`` | ``none``.
+        text_length, vision_length: prompt tokens per tower (default 4, POMP's n_ctx; 0 disables a tower).
+        text_depth, vision_depth: leading blocks with prompts; ``None`` = blocks - 1 (every tensor learns,
+            see ``PromptTowerConfig``).
+        carry: ``add`` (default) or ``replace`` (VPT/IVLP layer-wise replacement), for both towers.
+        ctx_init: words initialising the layer-0 text prompt (``"a photo of a"``); must tokenize to
+            ``text_length`` tokens. ``None`` = N(0, 0.02).
+        init_std: std of the normal prompt init.
+        num_sampled_classes: K of POMP's local contrast: each step scores the label plus K-1 sampled
+            classes (shared by the batch). Capped to the number of classes. Default 1000 (POMP).
+        local_correction: POMP's adaptive margin: negatives get + log10(N-1) - log10(#valid negatives).
+        kd_weight: lambda of the KD term (0 = the structure-only ablation, no teacher is loaded).
+        kd_temperature: tau; the KD term is tau^2 * KL(p_teacher || p_student) with p = softmax(logits / tau).
+        teacher: ``None`` = the same frozen backbone reading the hand-crafted ``templates``; or a
+            ``BackboneSpec`` dict for another open_clip model (e.g. a larger CLIP).
+        templates: hand-crafted templates (``{}`` = class name). The teacher uses their ensemble; so does a
+            student whose text tower has no prompts.
+        cache_image_features: cache frozen image features per dataset ``index``: the teacher's always,
+            the student's when its vision tower has no prompts. Only valid when the training transform is
+            deterministic (no random augmentation): leave False otherwise.
+    """
+
+    text_design: str = "qkv"
+    vision_design: str = "qkv"
+    text_length: int = 4
+    vision_length: int = 4
+    text_depth: int | None = None
+    vision_depth: int | None = None
+    carry: str = "add"
+    ctx_init: str | None = None
+    init_std: float = 0.02
+    num_sampled_classes: int = 1000
+    local_correction: bool = True
+    kd_weight: float = 1.0
+    kd_temperature: float = 1.0
+    teacher: dict[str, Any] | None = None
+    templates: list[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_TEMPLATES))
+    cache_image_features: bool = False
+
+    def __post_init__(self) -> None:
+        check_choice("text_design", self.text_design, ("none", "coop", "shared", "qkv"))
+        check_choice("vision_design", self.vision_design, ("none", "shared", "qkv"))
+        check_int("text_length", self.text_length, minimum=0, maximum=MAX_PROMPT_LENGTH)
+        check_int("vision_length", self.vision_length, minimum=0, maximum=MAX_PROMPT_LENGTH)
+        for name in ("text_depth", "vision_depth"):
+            value = getattr(self, name)
+            if value is not None:
+                check_int(name, value, minimum=1)
+        if self.text_design == "coop" and self.text_depth not in (None, 1):
+            raise ConfigError("text_depth", "coop is a shallow (layer-0) context: depth must be 1 or null")
+        check_choice("carry", self.carry, CARRY_MODES)
+        if self.ctx_init is not None:
+            if not isinstance(self.ctx_init, str) or not self.ctx_init.strip():
+                raise ConfigError("ctx_init", "must be non-empty words or null")
+            if self.text_design == "none" or self.text_length == 0:
+                raise ConfigError("ctx_init", "needs text prompts (text_design != 'none', text_length > 0)")
+        check_float("init_std", self.init_std, minimum=0.0, strict_min=True)
+        check_int("num_sampled_classes", self.num_sampled_classes, minimum=2)
+        for name in ("local_correction", "cache_image_features"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
+        check_float("kd_weight", self.kd_weight, minimum=0.0)
+        check_float("kd_temperature", self.kd_temperature, minimum=0.0, strict_min=True)
+        if self.teacher is not None:
+            if not isinstance(self.teacher, dict):
+                raise ConfigError("teacher", "must be a backbone spec object or null")
+            try:
+                spec = BackboneSpec.from_dict(self.teacher)
+            except ConfigError as exc:
+                raise ConfigError(f"teacher.{exc.field}", exc.message.split(": ", 1)[-1]) from exc
+            if spec.family != "open_clip":
+                raise ConfigError("teacher.family", "the teacher must be an open_clip CLIP model")
+            self.teacher = spec.to_dict()
+        if isinstance(self.templates, tuple):
+            self.templates = list(self.templates)
+        if not isinstance(self.templates, list) or not self.templates:
+            raise ConfigError("templates", "must be a non-empty list of strings containing '{}'")
+        if len(self.templates) > MAX_TEMPLATES:
+            raise ConfigError("templates", f"at most {MAX_TEMPLATES} templates")
+        for template in self.templates:
+            if not isinstance(template, str) or template.count("{}") != 1:
+                raise ConfigError(
+                    "templates", f"each template must contain '{{}}' exactly once, got {template!r}"
+                )
+
+    def text_tower(self) -> PromptTowerConfig:
+        return PromptTowerConfig(
+            design=self.text_design,
+            length=self.text_length,
+            depth=self.text_depth,
+            carry=self.carry,
+            init_std=self.init_std,
+            init_words=self.ctx_init,
+        )
+
+    def vision_tower(self) -> PromptTowerConfig:
+        return PromptTowerConfig(
+            design=self.vision_design,
+            length=self.vision_length,
+            depth=self.vision_depth,
+            carry=self.carry,
+            init_std=self.init_std,
+        )
