@@ -1,0 +1,102 @@
+"""Shared parts of the prediction routes: reading images, locating checkpoints, mapping library errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from sqlalchemy.orm import Session
+
+from app.api.errors import ApiError, not_found
+from app.api.uploads import MultipartForm
+from app.backbones import BackboneRegistry
+from app.db import repo
+from app.db.tables import TunedModel
+from app.ingest.images import ImageRejected, decode_image
+from app.settings import Settings
+from app.storage import Storage, StorageError
+from models.backbones.spec import BackboneSpec
+
+
+def read_images(form: MultipartForm, settings: Settings) -> list[Image.Image]:
+    files = form.files.get("images", [])
+    if not files:
+        raise ApiError(
+            422, "invalid_request", "at least one file is required in field 'images'", param="images"
+        )
+    images = []
+    for index, upload in enumerate(files):
+        if upload.size > settings.max_member_bytes:
+            raise ApiError(
+                413, "too_large", f"images[{index}] exceeds {settings.max_member_bytes} bytes", param="images"
+            )
+        try:
+            images.append(decode_image(upload.path.read_bytes(), max_pixels=settings.max_image_pixels))
+        except ImageRejected as exc:
+            raise ApiError(
+                422, exc.reason, f"images[{index}] ({upload.filename}): {exc.message}", param="images"
+            ) from None
+    return images
+
+
+def parse_top_k(form: MultipartForm, settings: Settings, default: int = 5) -> int:
+    raw = form.text("top_k")
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(422, "invalid_request", "top_k must be an integer", param="top_k") from None
+    if not 1 <= value <= settings.max_top_k:
+        raise ApiError(
+            422, "invalid_request", f"top_k must be between 1 and {settings.max_top_k}", param="top_k"
+        )
+    return value
+
+
+def ready_model(
+    *, session: Session, tenant_id: str, model_id: str, storage: Storage, param: str = "model_id"
+) -> tuple[TunedModel, Path]:
+    """The tenant's model row and a local path to its checkpoint; 409 model_not_ready while it has none."""
+    row = repo.get_model(session=session, tenant_id=tenant_id, model_id=model_id)
+    if row is None:
+        job = repo.get_job(session=session, tenant_id=tenant_id, job_id=model_id)
+        if job is not None and job.status in ("queued", "running"):
+            raise ApiError(
+                409, "model_not_ready", f"job {model_id} has not produced a model yet", param=param
+            )
+        raise not_found("model", param)
+    try:
+        path = storage.get_local_path(row.checkpoint_key)
+    except StorageError:
+        raise ApiError(
+            409, "model_not_ready", f"model {model_id} has no checkpoint stored yet", param=param
+        ) from None
+    return row, path
+
+
+def model_backbone_spec(row: TunedModel, checkpoint: Path, registry: BackboneRegistry) -> BackboneSpec:
+    """The registry's spec for the model's backbone, else the one stored in the checkpoint."""
+    spec = registry.get(row.backbone)
+    if spec is not None:
+        return spec
+    from models import read_checkpoint_metadata
+
+    meta = read_checkpoint_metadata(checkpoint)
+    return BackboneSpec.from_dict(meta["backbone"])
+
+
+def library_error(exc: Exception) -> ApiError:
+    """Map a models.errors.PromptuneError raised while loading/predicting to an API error."""
+    from models.errors import WeightsNotFoundError
+
+    code = getattr(exc, "code", "internal")
+    message = getattr(exc, "message", str(exc))
+    if isinstance(exc, WeightsNotFoundError):
+        return ApiError(503, code, message)
+    return ApiError(409, code, message)
+
+
+def as_predictions(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"predictions": rows}

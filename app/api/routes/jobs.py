@@ -1,0 +1,237 @@
+"""Training jobs: create (idempotent), list, get, events (JSON or a live SSE stream), cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import RegistryDep, SessionDep, SettingsDep, TenantDep
+from app.api.errors import ApiError, not_found
+from app.db import repo
+from app.db.tables import Job
+from app.job_config import JobConfigError, build_plan
+from app.schemas import TERMINAL_STATUSES, ErrorResponse, JobCreate, JobEventPublic, JobPublic, JobStatus
+
+log = logging.getLogger("promptune.api")
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+SSE_POLL_SECONDS = 0.5
+SSE_KEEPALIVE_SECONDS = 15.0
+_CONFIG_STATUS = {"not_found": 404}
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobPublic,
+    responses={
+        200: {"model": JobPublic, "description": "a retried create with the same Idempotency-Key"},
+        404: {"model": ErrorResponse},
+        409: {"model": ErrorResponse},
+        422: {"model": ErrorResponse},
+        429: {"model": ErrorResponse},
+    },
+)
+async def create_job(
+    body: JobCreate,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    tenant: TenantDep,
+    settings: SettingsDep,
+    registry: RegistryDep,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> JobPublic:
+    if idempotency_key is not None:
+        existing = repo.get_job_by_idempotency_key(session=session, tenant_id=tenant.id, key=idempotency_key)
+        if existing is not None:
+            return _replay(existing, body, response)
+    try:
+        build_plan(
+            method=body.method,
+            backbone=body.backbone,
+            config=body.config,
+            seed=body.seed,
+            specs=registry.specs,
+            max_epochs=settings.max_epochs,
+            checkpoint_every_steps=settings.checkpoint_every_steps,
+            model_exists=lambda model_id: _is_rpp_model(session, tenant.id, model_id),
+        )
+    except JobConfigError as exc:
+        raise ApiError(_CONFIG_STATUS.get(exc.code, 422), exc.code, exc.message, param=exc.param) from None
+    if repo.get_dataset(session=session, tenant_id=tenant.id, dataset_id=body.dataset_id) is None:
+        raise not_found("dataset", "dataset_id")
+    if (
+        repo.count_active_jobs(session=session, tenant_id=tenant.id)
+        >= settings.max_concurrent_jobs_per_tenant
+    ):
+        raise ApiError(
+            429,
+            "too_many_jobs",
+            f"at most {settings.max_concurrent_jobs_per_tenant} queued or running jobs per tenant",
+        )
+    try:
+        job, created = repo.create_job(
+            session=session,
+            tenant_id=tenant.id,
+            method=body.method,
+            backbone=body.backbone,
+            dataset_id=body.dataset_id,
+            config=body.config,
+            seed=body.seed,
+            metadata=body.metadata,
+            max_attempts=settings.job_max_attempts,
+            idempotency_key=idempotency_key,
+        )
+    except repo.IdempotencyConflict:
+        raise _idempotency_conflict() from None
+    if not created:
+        response.status_code = 200
+        return JobPublic.from_row(job)
+    await run_in_threadpool(_enqueue, request, job.id)
+    return JobPublic.from_row(job)
+
+
+def _replay(job: Job, body: JobCreate, response: Response) -> JobPublic:
+    values = repo.request_values(
+        method=body.method,
+        backbone=body.backbone,
+        dataset_id=body.dataset_id,
+        config=body.config,
+        seed=body.seed,
+        metadata=body.metadata,
+    )
+    if not repo.same_request(job, values):
+        raise _idempotency_conflict()
+    response.status_code = 200
+    return JobPublic.from_row(job)
+
+
+def _idempotency_conflict() -> ApiError:
+    return ApiError(
+        409,
+        "idempotency_conflict",
+        "this Idempotency-Key was used with a different request",
+        param="Idempotency-Key",
+    )
+
+
+def _is_rpp_model(session: Session, tenant_id: str, model_id: str) -> bool:
+    row = repo.get_model(session=session, tenant_id=tenant_id, model_id=model_id)
+    return row is not None and row.method == "rpp"
+
+
+def _enqueue(request: Request, job_id: str) -> None:
+    try:
+        request.app.state.enqueue(job_id)
+    except Exception:  # noqa: BLE001 - the job stays queued; the worker's reaper re-enqueues it
+        log.warning("could not enqueue job %s; it stays queued for the reaper", job_id, exc_info=True)
+
+
+@router.get("", response_model=list[JobPublic])
+def list_jobs(
+    session: SessionDep,
+    tenant: TenantDep,
+    status: JobStatus | None = None,
+    limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0),
+) -> list[JobPublic]:
+    rows = repo.list_jobs(session=session, tenant_id=tenant.id, status=status, limit=limit, offset=offset)
+    return [JobPublic.from_row(row) for row in rows]
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses={404: {"model": ErrorResponse}})
+def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
+    job = repo.get_job(session=session, tenant_id=tenant.id, job_id=job_id)
+    if job is None:
+        raise not_found("job", "job_id")
+    return JobPublic.from_row(job)
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobPublic,
+    responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
+)
+def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
+    try:
+        job = repo.cancel_job(session=session, tenant_id=tenant.id, job_id=job_id)
+    except repo.InvalidTransition as exc:
+        raise ApiError(409, "job_not_cancellable", f"the job is already {exc}", param="job_id") from None
+    if job is None:
+        raise not_found("job", "job_id")
+    return JobPublic.from_row(job)
+
+
+@router.get(
+    "/{job_id}/events",
+    response_model=list[JobEventPublic],
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "JSON list, or an SSE stream when asked for",
+        },
+        404: {"model": ErrorResponse},
+    },
+)
+def job_events(
+    job_id: str,
+    request: Request,
+    session: SessionDep,
+    tenant: TenantDep,
+    after: int = Query(0, ge=0, description="only events with a larger id"),
+    limit: int = Query(1000, ge=1, le=10000),
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> object:
+    job = repo.get_job(session=session, tenant_id=tenant.id, job_id=job_id)
+    if job is None:
+        raise not_found("job", "job_id")
+    if "text/event-stream" in request.headers.get("accept", ""):
+        if last_event_id is not None and last_event_id.isdigit():
+            after = max(after, int(last_event_id))
+        return StreamingResponse(
+            _event_stream(request, job_id, after),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    events = repo.list_job_events(session=session, job_id=job_id, after=after, limit=limit)
+    return [JobEventPublic.model_validate(e) for e in events]
+
+
+def _poll(request: Request, job_id: str, after: int) -> tuple[list[JobEventPublic], bool]:
+    with request.app.state.sessionmaker() as session:
+        events = repo.list_job_events(session=session, job_id=job_id, after=after, limit=500)
+        job = session.get(Job, job_id)
+        done = job is None or job.status in TERMINAL_STATUSES
+        return [JobEventPublic.model_validate(e) for e in events], done
+
+
+async def _event_stream(request: Request, job_id: str, after: int) -> AsyncIterator[str]:
+    """Poll the database; emit each event once; end after the job is terminal and drained."""
+    loop = asyncio.get_running_loop()
+    last_sent = loop.time()
+    while True:
+        events, done = await run_in_threadpool(_poll, request, job_id, after)
+        for event in events:
+            after = event.id
+            payload = json.dumps(event.model_dump(mode="json"))
+            yield f"id: {event.id}\nevent: {event.type}\ndata: {payload}\n\n"
+            last_sent = loop.time()
+        if done and not events:
+            return
+        if events:
+            continue  # drain a backlog without waiting
+        if loop.time() - last_sent > SSE_KEEPALIVE_SECONDS:
+            yield ": keep-alive\n\n"
+            last_sent = loop.time()
+        if await request.is_disconnected():
+            return
+        await asyncio.sleep(SSE_POLL_SECONDS)

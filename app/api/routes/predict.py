@@ -1,0 +1,146 @@
+"""Zero-shot prediction with an open_clip backbone, optionally with an RPP model's learned prompts."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import InferenceDep, RegistryDep, SessionDep, SettingsDep, StorageDep, TenantDep
+from app.api.errors import ApiError
+from app.api.predicting import as_predictions, library_error, parse_top_k, read_images, ready_model
+from app.api.uploads import MultipartForm, multipart_openapi, read_multipart
+from app.inference import predict_zero_shot
+from app.job_config import JobConfigError, resolve_backbone
+from app.schemas import ErrorResponse, PredictionResponse
+from models.errors import PromptuneError
+
+router = APIRouter(prefix="/v1/predict", tags=["predict"])
+
+MAX_CLASSES = 1000
+MAX_TEMPLATES = 64
+MAX_TEXT_CHARS = 200
+
+_DOC = multipart_openapi(
+    {
+        "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
+        "classes": {"type": "string", "description": 'JSON list of class names, e.g. ["cat", "dog"]'},
+        "templates": {"type": "string", "description": 'JSON list of prompt templates containing "{}"'},
+        "backbone": {"type": "string", "description": "an open_clip backbone (default: the server's)"},
+        "model_id": {"type": "string", "description": "an RPP model whose learned prompts to use"},
+        "top_k": {"type": "integer", "minimum": 1},
+    },
+    ["images", "classes"],
+)
+
+
+def _json_list(form: MultipartForm, name: str, *, required: bool, limit: int) -> list[str] | None:
+    raw = form.text(name)
+    if raw is None or not raw.strip():
+        if required:
+            raise ApiError(422, "invalid_request", f"{name} is required (a JSON list of strings)", param=name)
+        return None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        raise ApiError(422, "invalid_request", f"{name} must be a JSON list of strings", param=name) from None
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(v, str) and v.strip() and len(v) <= MAX_TEXT_CHARS for v in value)
+    ):
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"{name} must be a non-empty JSON list of strings (each 1-{MAX_TEXT_CHARS} chars)",
+            param=name,
+        )
+    if len(value) > limit:
+        raise ApiError(422, "invalid_request", f"at most {limit} {name}", param=name)
+    return [v.strip() for v in value]
+
+
+@router.post(
+    "/zero-shot",
+    response_model=PredictionResponse,
+    openapi_extra=_DOC,
+    responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+)
+async def zero_shot(
+    request: Request,
+    session: SessionDep,
+    tenant: TenantDep,
+    settings: SettingsDep,
+    storage: StorageDep,
+    registry: RegistryDep,
+    inference: InferenceDep,
+) -> dict[str, Any]:
+    form = await read_multipart(
+        request,
+        max_bytes=settings.max_upload_bytes,
+        tmp_root=settings.data_dir / "tmp",
+        file_fields={"images": settings.max_predict_images},
+        text_fields={"classes", "templates", "backbone", "model_id", "top_k"},
+    )
+    try:
+        classes = _json_list(form, "classes", required=True, limit=MAX_CLASSES) or []
+        if len(set(classes)) != len(classes):
+            raise ApiError(422, "invalid_request", "class names must be unique", param="classes")
+        templates = _json_list(form, "templates", required=False, limit=MAX_TEMPLATES)
+        if templates is not None and not all("{}" in t for t in templates):
+            raise ApiError(422, "invalid_request", 'every template must contain "{}"', param="templates")
+        top_k = min(parse_top_k(form, settings), len(classes))
+        backbone_name = (form.text("backbone") or "").strip() or None
+        model_id = (form.text("model_id") or "").strip() or None
+        images = await run_in_threadpool(read_images, form, settings)  # decoding is CPU work
+    finally:
+        form.cleanup()
+
+    row = checkpoint = None
+    if model_id is not None:
+        row, checkpoint = ready_model(
+            session=session, tenant_id=tenant.id, model_id=model_id, storage=storage
+        )
+        if row.method != "rpp":
+            raise ApiError(422, "invalid_request", "model_id must be an RPP model", param="model_id")
+        if backbone_name is not None and backbone_name != row.backbone:
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"model {model_id} runs on backbone {row.backbone!r}",
+                param="backbone",
+            )
+        backbone_name = row.backbone
+    if backbone_name is None:
+        backbone_name = registry.default_for("open_clip", settings.default_backbone)
+        if backbone_name is None:
+            raise ApiError(
+                422,
+                "unknown_backbone",
+                "no open_clip backbone is registered on this server",
+                param="backbone",
+            )
+    try:
+        spec = resolve_backbone("rpp", backbone_name, registry.specs)
+    except JobConfigError as exc:
+        raise ApiError(422, exc.code, exc.message, param="backbone") from None
+
+    def run() -> list[dict[str, Any]]:
+        method = None
+        method_key = None
+        if row is not None:
+            method = inference.tuned_method(
+                model_id=row.id, sha256=row.checkpoint_sha256, checkpoint_path=str(checkpoint), spec=spec
+            )
+            method_key = (row.id, row.checkpoint_sha256)
+        classifier = inference.zero_shot(
+            spec=spec, classes=classes, templates=templates, method=method, method_key=method_key
+        )
+        return predict_zero_shot(classifier, images, top_k)
+
+    try:
+        return as_predictions(await run_in_threadpool(run))
+    except PromptuneError as exc:
+        raise library_error(exc) from None

@@ -1,0 +1,130 @@
+"""Tuned models: list, get, download the checkpoint, delete, predict."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import InferenceDep, RegistryDep, SessionDep, SettingsDep, StorageDep, TenantDep
+from app.api.errors import not_found
+from app.api.predicting import (
+    as_predictions,
+    library_error,
+    model_backbone_spec,
+    parse_top_k,
+    read_images,
+    ready_model,
+)
+from app.api.uploads import multipart_openapi, read_multipart
+from app.db import repo
+from app.inference import predict_tuned
+from app.schemas import ErrorResponse, PredictionResponse, TunedModelPublic
+from models.errors import PromptuneError
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+_PREDICT_DOC = multipart_openapi(
+    {
+        "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
+        "top_k": {"type": "integer", "minimum": 1},
+    },
+    ["images"],
+)
+
+
+@router.get("", response_model=list[TunedModelPublic])
+def list_models(
+    session: SessionDep,
+    tenant: TenantDep,
+    limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0),
+) -> list[TunedModelPublic]:
+    rows = repo.list_models(session=session, tenant_id=tenant.id, limit=limit, offset=offset)
+    return [TunedModelPublic.model_validate(row) for row in rows]
+
+
+@router.get("/{model_id}", response_model=TunedModelPublic, responses={404: {"model": ErrorResponse}})
+def get_model(model_id: str, session: SessionDep, tenant: TenantDep) -> TunedModelPublic:
+    row = repo.get_model(session=session, tenant_id=tenant.id, model_id=model_id)
+    if row is None:
+        raise not_found("model", "model_id")
+    return TunedModelPublic.model_validate(row)
+
+
+@router.get(
+    "/{model_id}/checkpoint",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "the safetensors checkpoint"},
+        404: {"model": ErrorResponse},
+        409: {"model": ErrorResponse},
+    },
+)
+def download_checkpoint(
+    model_id: str, session: SessionDep, tenant: TenantDep, storage: StorageDep
+) -> FileResponse:
+    row, path = ready_model(session=session, tenant_id=tenant.id, model_id=model_id, storage=storage)
+    return FileResponse(
+        path,
+        media_type="application/octet-stream",
+        filename=f"{row.id}.safetensors",
+        headers={"X-Checkpoint-SHA256": row.checkpoint_sha256},
+    )
+
+
+@router.delete("/{model_id}", status_code=204, responses={404: {"model": ErrorResponse}})
+def delete_model(model_id: str, session: SessionDep, tenant: TenantDep, storage: StorageDep) -> Response:
+    row = repo.get_model(session=session, tenant_id=tenant.id, model_id=model_id)
+    if row is None:
+        raise not_found("model", "model_id")
+    key = row.checkpoint_key
+    repo.delete_model(session=session, tenant_id=tenant.id, model_id=model_id)
+    session.commit()
+    storage.delete(key)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/{model_id}/predict",
+    response_model=PredictionResponse,
+    openapi_extra=_PREDICT_DOC,
+    responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+)
+async def predict(
+    model_id: str,
+    request: Request,
+    session: SessionDep,
+    tenant: TenantDep,
+    settings: SettingsDep,
+    storage: StorageDep,
+    registry: RegistryDep,
+    inference: InferenceDep,
+) -> dict[str, object]:
+    row, checkpoint = ready_model(
+        session=session, tenant_id=tenant.id, model_id=model_id, storage=storage, param="model_id"
+    )
+    form = await read_multipart(
+        request,
+        max_bytes=settings.max_upload_bytes,
+        tmp_root=settings.data_dir / "tmp",
+        file_fields={"images": settings.max_predict_images},
+        text_fields={"top_k"},
+    )
+    try:
+        top_k = parse_top_k(form, settings)
+        images = await run_in_threadpool(read_images, form, settings)  # decoding is CPU work
+    finally:
+        form.cleanup()
+
+    def run() -> list[dict[str, object]]:
+        spec = model_backbone_spec(row, checkpoint, registry)
+        method = inference.tuned_method(
+            model_id=row.id, sha256=row.checkpoint_sha256, checkpoint_path=str(checkpoint), spec=spec
+        )
+        return predict_tuned(method, images, top_k)
+
+    try:
+        return as_predictions(await run_in_threadpool(run))
+    except PromptuneError as exc:
+        raise library_error(exc) from None

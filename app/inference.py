@@ -1,0 +1,132 @@
+"""Prediction for the API, with bounded LRU caches so that no request reloads a backbone.
+
+Three caches (each ``settings.inference_cache_size`` entries): loaded backbones (by registry name and
+spec), tuned methods loaded from checkpoints (by model id and checkpoint sha256, sharing the cached
+backbone), and zero-shot classifiers (by backbone, class names, templates and optional RPP model).
+Every request runs ONE forward pass over all of its images.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, Generic, TypeVar
+
+import torch
+from PIL import Image
+
+from models.backbones.spec import BackboneSpec
+
+V = TypeVar("V")
+
+
+class LRUCache(Generic[V]):
+    """A small thread-safe LRU whose loads happen at most once per key at a time."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[Hashable, V] = OrderedDict()
+        self._lock = threading.Lock()
+        self._key_locks: dict[Hashable, threading.Lock] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def get_or_load(self, key: Hashable, load: Callable[[], V]) -> V:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return self._items[key]
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:  # concurrent requests for the same key wait for one load
+            with self._lock:
+                if key in self._items:
+                    self.hits += 1
+                    return self._items[key]
+            value = load()
+            with self._lock:
+                self.misses += 1
+                self._items[key] = value
+                self._items.move_to_end(key)
+                while len(self._items) > self.size:
+                    self._items.popitem(last=False)
+                self._key_locks.pop(key, None)
+            return value
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+def _spec_key(spec: BackboneSpec) -> str:
+    return json.dumps(spec.to_dict(), sort_keys=True)
+
+
+class InferenceCache:
+    def __init__(self, size: int) -> None:
+        self.backbones: LRUCache[Any] = LRUCache(size)
+        self.methods: LRUCache[Any] = LRUCache(size)
+        self.classifiers: LRUCache[Any] = LRUCache(size)
+
+    def backbone(self, spec: BackboneSpec) -> Any:
+        from models import load_backbone
+
+        return self.backbones.get_or_load(("backbone", _spec_key(spec)), lambda: load_backbone(spec))
+
+    def tuned_method(self, *, model_id: str, sha256: str, checkpoint_path: str, spec: BackboneSpec) -> Any:
+        """A tuned method from its checkpoint (sha256 verified on load), on the cached backbone."""
+        from models import load_checkpoint
+
+        def load() -> Any:
+            method = load_checkpoint(checkpoint_path, backbone=self.backbone(spec), expected_sha256=sha256)
+            method.eval()
+            return method
+
+        return self.methods.get_or_load(("method", model_id, sha256), load)
+
+    def zero_shot(
+        self,
+        *,
+        spec: BackboneSpec,
+        classes: Sequence[str],
+        templates: Sequence[str] | None,
+        method: Any = None,
+        method_key: Hashable = None,
+    ) -> Any:
+        from models import ZeroShotClassifier
+
+        key = ("zero-shot", _spec_key(spec), tuple(classes), tuple(templates or ()), method_key)
+        backbone = self.backbone(spec)
+        return self.classifiers.get_or_load(
+            key,
+            lambda: ZeroShotClassifier(
+                backbone, list(classes), templates=list(templates) if templates else None, method=method
+            ),
+        )
+
+
+def images_to_batch(images: Sequence[Image.Image], backbone: Any) -> torch.Tensor:
+    return torch.stack([backbone.transform(image) for image in images])
+
+
+def predict_tuned(method: Any, images: Sequence[Image.Image], top_k: int) -> list[dict[str, Any]]:
+    from models.inference import predict_topk
+
+    batch = images_to_batch(images, method.backbone)
+    with torch.inference_mode():
+        logits = method(batch)
+    return predict_topk(logits, method.class_names, top_k)
+
+
+def predict_zero_shot(classifier: Any, images: Sequence[Image.Image], top_k: int) -> list[dict[str, Any]]:
+    from models.inference import predict_topk
+
+    batch = images_to_batch(images, classifier.backbone)
+    with torch.inference_mode():
+        logits = classifier.logits(batch)
+    return predict_topk(logits, classifier.class_names, top_k)

@@ -1,0 +1,1 @@
+"""Safe ingest of untrusted uploads: archives (zip, tar), images, and dataset layouts."""

@@ -1,0 +1,73 @@
+"""The FastAPI application: ``create_app(settings)`` builds one; ``app`` is the default for uvicorn.
+
+The app never creates tables: the schema comes from Alembic (``promptune migrate``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from fastapi import FastAPI
+
+from app.api.errors import install_error_handlers
+from app.api.routes import backbones, datasets, health, jobs, predict, tuned_models
+from app.backbones import RegistryFile
+from app.db import repo
+from app.db.session import get_engine, session_factory
+from app.inference import InferenceCache
+from app.metrics import Metrics, MetricsMiddleware
+from app.settings import Settings, get_settings
+from app.storage import make_storage
+
+log = logging.getLogger("promptune.api")
+
+
+def _default_enqueue(job_id: str) -> None:
+    # Imported lazily: the API must start (and keep accepting jobs) even when the broker is down.
+    from worker.celery_app import enqueue_job
+
+    enqueue_job(job_id)
+
+
+def create_app(settings: Settings | None = None, *, enqueue: Callable[[str], None] | None = None) -> FastAPI:
+    """Build the API around ``settings`` (default: from the environment).
+
+    Args:
+        enqueue: how a new job id reaches the workers (default: ``worker.celery_app.enqueue_job``).
+    """
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="Promptune",
+        version="0.1.0",
+        description="Prompt learning as a service: RPP prompt pretraining of CLIP and SPT self-prompt tuning "
+        "of ViTs on frozen backbones. Every /v1 route needs `Authorization: Bearer <key>`.",
+    )
+    url = settings.resolved_database_url
+    app.state.settings = settings
+    app.state.engine = get_engine(url)
+    app.state.sessionmaker = session_factory(url)
+    app.state.storage = make_storage(settings.storage_url, settings.data_dir)
+    app.state.backbones = RegistryFile(settings.backbones_file)
+    app.state.inference = InferenceCache(settings.inference_cache_size)
+    app.state.enqueue = enqueue or _default_enqueue
+
+    def count_jobs() -> dict[str, int]:
+        with app.state.sessionmaker() as session:
+            return repo.count_jobs_by_status(session=session)
+
+    app.state.metrics = Metrics(count_jobs)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    install_error_handlers(app)
+    for module in (health, datasets, backbones, jobs, tuned_models, predict):
+        app.include_router(module.router)
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `uvicorn app.main:app` builds the app on first access, not at import (tests import this module).
+    if name == "app":
+        application = create_app()
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)

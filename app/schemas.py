@@ -1,0 +1,181 @@
+"""Request and response schemas of the REST API (pydantic).
+
+Create schemas accept only what a client may set (never tenant_id, status, attempts or storage paths);
+public schemas expose only what a client may see (never tenant_id, key hashes or storage keys).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite returns naive datetimes; every timestamp the service writes is UTC.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+Timestamp = Annotated[datetime, AfterValidator(_utc)]
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+ACTIVE_STATUSES: frozenset[str] = frozenset({"queued", "running"})
+
+
+class _Public(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+# ---- datasets ------------------------------------------------------------------------------------
+class SkippedFile(BaseModel):
+    path: str
+    reason: str
+
+
+class DatasetReport(BaseModel):
+    skipped: list[SkippedFile] = Field(default_factory=list)
+
+
+class DatasetPublic(_Public):
+    id: str
+    name: str
+    status: str
+    num_images: int
+    num_classes: int
+    classes: list[str]
+    splits: dict[str, int]
+    report: DatasetReport
+    created_at: Timestamp
+
+
+# ---- backbones -----------------------------------------------------------------------------------
+class BackbonePublic(BaseModel):
+    name: str
+    family: str
+    arch: str
+    weights: str
+    kind: str
+    available: bool
+
+
+# ---- jobs ----------------------------------------------------------------------------------------
+class JobCreate(BaseModel):
+    """``config`` is validated per method by app.job_config (unknown fields -> invalid_config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["spt", "rpp"]
+    backbone: str = Field(min_length=1, max_length=200)
+    dataset_id: str = Field(min_length=1, max_length=36)
+    config: dict[str, Any] = Field(default_factory=dict)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobPublic(BaseModel):
+    id: str
+    method: str
+    backbone: str
+    dataset_id: str | None
+    config: dict[str, Any]
+    seed: int
+    metadata: dict[str, Any]
+    status: JobStatus
+    phase: str | None
+    progress: float
+    metrics: dict[str, Any]
+    error: JobError | None
+    model_id: str | None
+    attempts: int
+    created_at: Timestamp
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
+    updated_at: Timestamp
+
+    @classmethod
+    def from_row(cls, job: Any) -> JobPublic:
+        error = JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None
+        return cls(
+            id=job.id,
+            method=job.method,
+            backbone=job.backbone,
+            dataset_id=job.dataset_id,
+            config=job.config or {},
+            seed=job.seed,
+            metadata=job.job_metadata or {},
+            status=job.status,
+            phase=job.phase,
+            progress=job.progress,
+            metrics=job.metrics or {},
+            error=error,
+            model_id=job.model_id,
+            attempts=job.attempts,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            updated_at=job.updated_at,
+        )
+
+
+class JobEventPublic(_Public):
+    id: int
+    created_at: Timestamp
+    level: str
+    type: str
+    message: str
+    data: dict[str, Any]
+
+
+# ---- tuned models and predictions ----------------------------------------------------------------
+class TunedModelPublic(_Public):
+    id: str
+    method: str
+    backbone: str
+    classes: list[str]
+    metrics: dict[str, Any]
+    job_id: str | None
+    created_at: Timestamp
+    checkpoint_sha256: str
+
+
+class TopK(BaseModel):
+    label: str
+    score: float
+
+
+class Prediction(BaseModel):
+    label: str
+    score: float
+    top_k: list[TopK]
+
+
+class PredictionResponse(BaseModel):
+    predictions: list[Prediction]
+
+
+# ---- health --------------------------------------------------------------------------------------
+class CheckResult(BaseModel):
+    ok: bool
+    error: str | None = None
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, CheckResult]
