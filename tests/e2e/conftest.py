@@ -1,0 +1,120 @@
+"""The real stack for end-to-end tests: redis-server, the API under uvicorn, Celery worker subprocesses.
+
+SQLite (WAL) is shared by the API, the workers and the test process; the backbones are the demo's
+seeded tiny ViT and CLIP written to disk (app/demo.py). Leases and the reaper run on short timers so
+that worker-loss recovery takes seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.cli import migrate_database
+from app.demo import Proc, ensure_demo_backbones, follow_job, free_port, start_api, start_worker, wait_ready
+from tests.services import RedisServer, redis_server  # noqa: F401 - pytest fixture
+
+
+@dataclasses.dataclass
+class Stack:
+    data_dir: Path
+    db_url: str
+    env: dict[str, str]
+    base_url: str
+    key: str
+    log_dir: Path
+    workers: list[Proc] = dataclasses.field(default_factory=list)
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {self.key}"}, timeout=120)
+
+    def start_worker(self, name: str) -> Proc:
+        proc = start_worker(self.env, self.log_dir, name=name)
+        self.workers.append(proc)
+        return proc
+
+    def kill_worker(self, proc: Proc) -> None:
+        """SIGKILL the worker and its pool processes (its own process group): no shutdown, no ack."""
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.popen.wait(10)
+
+
+@pytest.fixture(scope="session")
+def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:  # noqa: F811
+    data_dir = tmp_path_factory.mktemp("e2e")
+    db_url = f"sqlite:///{data_dir / 'promptune.db'}"
+    migrate_database(db_url)
+    registry = ensure_demo_backbones(data_dir / "zoo")
+    env = {
+        **os.environ,
+        "PROMPTUNE_ENVIRONMENT": "test",
+        "PROMPTUNE_DATA_DIR": str(data_dir),
+        "PROMPTUNE_DATABASE_URL": db_url,
+        "PROMPTUNE_REDIS_URL": redis_server.url,
+        "PROMPTUNE_BACKBONES_FILE": str(registry),
+        "PROMPTUNE_DEFAULT_BACKBONE": "demo-clip",
+        "PROMPTUNE_JOB_LEASE_SECONDS": "6",
+        "PROMPTUNE_REAPER_INTERVAL_SECONDS": "1",
+        "PROMPTUNE_CHECKPOINT_EVERY_STEPS": "2",
+        "PROMPTUNE_TORCH_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    log_dir = data_dir / "logs"
+    port = free_port()
+    api = start_api(env, port, log_dir)
+    from app.db import repo
+    from app.db.session import session_scope
+
+    with session_scope(db_url) as session:
+        tenant = repo.create_tenant(session=session, name="e2e")
+        _, key = repo.create_api_key(session=session, tenant_id=tenant.id)
+    result = Stack(data_dir, db_url, env, f"http://127.0.0.1:{port}", key, log_dir)
+    try:
+        wait_ready(result.base_url, api)
+        yield result
+    finally:
+        procs = [*result.workers, api]
+        for proc in procs:  # signal all first: their shutdowns overlap
+            if proc.alive():
+                proc.popen.terminate()
+        for proc in procs:
+            proc.stop()
+
+
+def upload_digits(client: httpx.Client, tmp_path: Path, *, per_class: int = 10) -> dict[str, Any]:
+    from app.sample_data import write_digits_zip
+
+    archive = write_digits_zip(tmp_path / "digits.zip", per_class=per_class)
+    with open(archive, "rb") as fh:
+        response = client.post("/v1/datasets", files={"file": ("digits.zip", fh, "application/zip")})
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def wait_job(client: httpx.Client, job_id: str, *, timeout: float = 180.0,
+             until: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+    if until is None:
+        return follow_job(client, job_id, timeout=timeout, echo=False)
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if until(job):
+            return dict(job)
+        assert time.monotonic() < deadline, f"timed out waiting; job is {job}"
+        time.sleep(0.2)
+
+
+def checkpoint_sha256(client: httpx.Client, model_id: str) -> tuple[str, bytes]:
+    response = client.get(f"/v1/models/{model_id}/checkpoint")
+    assert response.status_code == 200, response.text
+    return hashlib.sha256(response.content).hexdigest(), response.content
