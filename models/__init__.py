@@ -28,7 +28,14 @@ from typing import Any
 from . import data
 from . import rpp as _rpp  # noqa: F401  (registers "rpp")
 from . import spt as _spt  # noqa: F401  (registers "spt")
-from .backbones import Backbone, BackboneSpec, Preprocessing, load_backbone, save_clip_local_dir, save_timm_weights
+from .backbones import (
+    Backbone,
+    BackboneSpec,
+    Preprocessing,
+    load_backbone,
+    save_clip_local_dir,
+    save_timm_weights,
+)
 from .base import MethodConfig, PromptMethod
 from .checkpoint import load_checkpoint, read_checkpoint_metadata, save_checkpoint
 from .engine import TrainConfig, Trainer, TrainResult
@@ -66,7 +73,9 @@ def build_method(
     """
     entry = get_method(name)
     if backbone.family != entry.family:
-        raise ConfigError("backbone", f"method {name!r} needs a {entry.family} backbone, got {backbone.family}")
+        raise ConfigError(
+            "backbone", f"method {name!r} needs a {entry.family} backbone, got {backbone.family}"
+        )
     if not isinstance(config, MethodConfig):
         config = entry.config_cls.from_dict(config)
     return entry.model_cls(backbone, config, class_names)

@@ -59,7 +59,9 @@ class PromptMethod(nn.Module):
         missing = sorted(set(expected) - set(state))
         extra = sorted(set(state) - set(expected))
         if missing or extra:
-            raise CheckpointError(f"learned tensors do not match the model: missing {missing}, unexpected {extra}")
+            raise CheckpointError(
+                f"learned tensors do not match the model: missing {missing}, unexpected {extra}"
+            )
         params = self.learned_parameters()
         for name, shape in expected.items():
             if tuple(state[name].shape) != shape:

@@ -57,7 +57,12 @@ def check_int(field: str, value: Any, *, minimum: int | None = None, maximum: in
 
 
 def check_float(
-    field: str, value: Any, *, minimum: float | None = None, maximum: float | None = None, strict_min: bool = False
+    field: str,
+    value: Any,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    strict_min: bool = False,
 ) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(field, f"must be a number, got {value!r}")

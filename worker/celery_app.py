@@ -28,7 +28,9 @@ RUN_JOB_TASK = "promptune.run_job"
 
 def create_celery_app(settings: Settings) -> Celery:
     """A Celery app configured from ``settings`` (broker and result backend: ``settings.redis_url``)."""
-    celery = Celery("promptune", broker=settings.redis_url, backend=settings.redis_url, include=["worker.tasks"])
+    celery = Celery(
+        "promptune", broker=settings.redis_url, backend=settings.redis_url, include=["worker.tasks"]
+    )
     visibility = {"visibility_timeout": settings.visibility_timeout_seconds}
     celery.conf.update(
         # security: JSON only, never pickle (Celery security guide).

@@ -19,8 +19,9 @@ log = logging.getLogger(__name__)
 _thread: ReaperThread | None = None
 
 
-def reap_once(settings: Settings, *, enqueue: Callable[[str], None] | None = None,
-              store: JobStore | None = None) -> ReapResult:
+def reap_once(
+    settings: Settings, *, enqueue: Callable[[str], None] | None = None, store: JobStore | None = None
+) -> ReapResult:
     """One pass: re-queue stale and orphaned jobs, fail those without attempts left."""
     if enqueue is None:
         from worker.celery_app import enqueue_job
@@ -34,8 +35,12 @@ def reap_once(settings: Settings, *, enqueue: Callable[[str], None] | None = Non
         except Exception as exc:  # noqa: BLE001 - the broker is down: the next pass retries
             log.warning("reaper: could not enqueue job %s: %s", job_id, exc)
     if result.requeued or result.failed or result.cancelled:
-        log.info("reaper: re-queued %s, failed (worker_lost) %s, cancelled %s",
-                 result.requeued, result.failed, result.cancelled)
+        log.info(
+            "reaper: re-queued %s, failed (worker_lost) %s, cancelled %s",
+            result.requeued,
+            result.failed,
+            result.cancelled,
+        )
     return result
 
 

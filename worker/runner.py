@@ -103,7 +103,9 @@ def _is_oom(exc: BaseException) -> bool:
 
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return True
-    return isinstance(exc, RuntimeError) and ("out of memory" in str(exc) or "can't allocate memory" in str(exc))
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in str(exc) or "can't allocate memory" in str(exc)
+    )
 
 
 # ---- the lease ------------------------------------------------------------------------------------
@@ -178,8 +180,16 @@ class ResumeSync:
 class JobReporter:
     """Trainer callbacks: throttled progress, per-epoch metrics, resume-state upload, phase switch."""
 
-    def __init__(self, store: JobStore, lease: Lease, keeper: LeaseKeeper, sync: ResumeSync,
-                 work_dir: Path, *, phase: str) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        lease: Lease,
+        keeper: LeaseKeeper,
+        sync: ResumeSync,
+        work_dir: Path,
+        *,
+        phase: str,
+    ) -> None:
         self.store, self.lease, self.keeper, self.sync, self.work_dir = store, lease, keeper, sync, work_dir
         self.phase = phase
         self._last_write = self._last_event = self._last_cancel_poll = float("-inf")
@@ -205,8 +215,11 @@ class JobReporter:
         event = last or now - self._last_event >= PROGRESS_EVENT_SECONDS
         if event:
             self._last_event = now
-        data = {"step": step, "total_steps": total_steps,
-                **{k: round(float(v), 6) for k, v in logs.items() if isinstance(v, int | float)}}
+        data = {
+            "step": step,
+            "total_steps": total_steps,
+            **{k: round(float(v), 6) for k, v in logs.items() if isinstance(v, int | float)},
+        }
         self._owned(self.store.progress(self.lease, step / max(1, total_steps), data, event=event))
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, Any]) -> None:
@@ -215,8 +228,10 @@ class JobReporter:
     def on_checkpoint(self, step: int, path: Any) -> None:
         # Renew (and so re-check) the lease first: a worker that lost the job must never
         # overwrite the new owner's resume state.
-        self._owned(not self.keeper.lost.is_set()
-                    and self.store.heartbeat(self.lease, lease_seconds=self.keeper.lease_seconds))
+        self._owned(
+            not self.keeper.lost.is_set()
+            and self.store.heartbeat(self.lease, lease_seconds=self.keeper.lease_seconds)
+        )
         self.sync.push(self.work_dir)
         if step == 0:  # written right after the method's prepare(): training starts now
             self.enter_training()
@@ -259,10 +274,23 @@ class LoadedData:
 class JobRun:
     """One attempt at one claimed job."""
 
-    def __init__(self, settings: Settings, store: JobStore, storage: Storage, lease: Lease,
-                 keeper: LeaseKeeper, spec: JobSpec) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        storage: Storage,
+        lease: Lease,
+        keeper: LeaseKeeper,
+        spec: JobSpec,
+    ) -> None:
         self.settings, self.store, self.storage, self.lease, self.keeper, self.spec = (
-            settings, store, storage, lease, keeper, spec)
+            settings,
+            store,
+            storage,
+            lease,
+            keeper,
+            spec,
+        )
         self.work_dir = Path(settings.data_dir).resolve() / "work" / spec.id
         self.sync = ResumeSync(storage, spec.id)
 
@@ -302,8 +330,15 @@ class JobRun:
         phase = "training" if resumed else "preparing"
         self._phase(phase, "resuming from the last saved state" if resumed else "preparing the prompts")
         reporter = JobReporter(self.store, self.lease, self.keeper, self.sync, self.work_dir, phase=phase)
-        trainer = models.Trainer(method, train_config, data.train, data.val, work_dir=self.work_dir,
-                                 callbacks=[reporter], should_stop=reporter.should_stop)
+        trainer = models.Trainer(
+            method,
+            train_config,
+            data.train,
+            data.val,
+            work_dir=self.work_dir,
+            callbacks=[reporter],
+            should_stop=reporter.should_stop,
+        )
         result = trainer.fit()
 
         self._phase("saving", "evaluating and saving the tuned model")
@@ -312,8 +347,11 @@ class JobRun:
         if data.test is not None:
             test = trainer.evaluate(data.test)
             metrics.update(test_acc=round(test["acc"], 6), test_loss=round(test["loss"], 6))
-        metrics.update(num_train=len(data.train), num_val=len(data.val) if data.val is not None else 0,
-                       num_test=len(data.test) if data.test is not None else 0)
+        metrics.update(
+            num_train=len(data.train),
+            num_val=len(data.val) if data.val is not None else 0,
+            num_test=len(data.test) if data.test is not None else 0,
+        )
         model_id = self._save(method.to("cpu"), train_config, metrics, data)
         self.sync.clear()
         shutil.rmtree(self.work_dir, ignore_errors=True)
@@ -325,10 +363,15 @@ class JobRun:
         from app.backbones import load_registry
         from app.job_config import build_plan
 
-        return build_plan(method=self.spec.method, backbone=self.spec.backbone, config=self.spec.config,
-                          seed=self.spec.seed, specs=load_registry(self.settings.backbones_file).specs,
-                          max_epochs=self.settings.max_epochs,
-                          checkpoint_every_steps=self.settings.checkpoint_every_steps)
+        return build_plan(
+            method=self.spec.method,
+            backbone=self.spec.backbone,
+            config=self.spec.config,
+            seed=self.spec.seed,
+            specs=load_registry(self.settings.backbones_file).specs,
+            max_epochs=self.settings.max_epochs,
+            checkpoint_every_steps=self.settings.checkpoint_every_steps,
+        )
 
     def _load_data(self, backbone: Any, *, val_fraction: float, shots: int | None) -> LoadedData:
         from models import data as mdata
@@ -352,8 +395,13 @@ class JobRun:
             items = splits.get(split)
             return listing.dataset(backbone.transform, samples=items) if items else None
 
-        return LoadedData(list(listing.class_names), make("train"), make("val"), make("test"),
-                          mdata.split_paths({k: v for k, v in splits.items() if v}))
+        return LoadedData(
+            list(listing.class_names),
+            make("train"),
+            make("val"),
+            make("test"),
+            mdata.split_paths({k: v for k, v in splits.items() if v}),
+        )
 
     def _localise(self, prefix: str) -> Path:
         """A local path of the dataset's manifest, with every image it names available beside it."""
@@ -379,30 +427,45 @@ class JobRun:
         verify_sha256(path, row.checkpoint_sha256)
         meta = read_checkpoint_metadata(path)
         if meta.get("method") != self.spec.method:
-            raise ConfigError("init_from", f"model {model_id!r} is a {meta.get('method')!r} checkpoint, "
-                                           f"not {self.spec.method!r}")
+            raise ConfigError(
+                "init_from",
+                f"model {model_id!r} is a {meta.get('method')!r} checkpoint, not {self.spec.method!r}",
+            )
         tensors = load_file(str(path))
         try:
             method.load_learned_state_dict(tensors)
         except Exception as exc:  # CheckpointError: prompt structure differs from this job's config
             raise ConfigError("init_from", f"model {model_id!r} does not fit this config: {exc}") from None
 
-    def _save(self, method: PromptMethod, train_config: TrainConfig, metrics: dict[str, Any],
-              data: LoadedData) -> str:
+    def _save(
+        self, method: PromptMethod, train_config: TrainConfig, metrics: dict[str, Any], data: LoadedData
+    ) -> str:
         from app.db.tables import new_id
         from models import save_checkpoint
 
         model_id = new_id()
         key = model_key(self.spec.tenant_id, model_id)
-        extra = {"job_id": self.spec.id, "dataset_id": self.spec.dataset_id, "backbone_name": self.spec.backbone}
+        extra = {
+            "job_id": self.spec.id,
+            "dataset_id": self.spec.dataset_id,
+            "backbone_name": self.spec.backbone,
+        }
         with tempfile.TemporaryDirectory(dir=self.work_dir.parent) as tmp:
             path = Path(tmp) / "model.safetensors"
-            sha = save_checkpoint(method, path, train_config=train_config, metrics=metrics, split=data.split,
-                                  extra=extra)
+            sha = save_checkpoint(
+                method, path, train_config=train_config, metrics=metrics, split=data.split, extra=extra
+            )
             self.storage.put_file(key, path)
-        model = {"id": model_id, "tenant_id": self.spec.tenant_id, "method": self.spec.method,
-                 "backbone": self.spec.backbone, "classes": list(data.class_names), "metrics": metrics,
-                 "checkpoint_key": key, "checkpoint_sha256": sha}
+        model = {
+            "id": model_id,
+            "tenant_id": self.spec.tenant_id,
+            "method": self.spec.method,
+            "backbone": self.spec.backbone,
+            "classes": list(data.class_names),
+            "metrics": metrics,
+            "checkpoint_key": key,
+            "checkpoint_sha256": sha,
+        }
         if not self.store.succeed(self.lease, model=model, metrics=metrics):
             self.storage.delete(key)
             raise LeaseLost(self.lease.job_id)
@@ -410,8 +473,14 @@ class JobRun:
 
 
 # ---- entry point ---------------------------------------------------------------------------------
-def run_job(job_id: str, *, settings: Settings | None = None, store: JobStore | None = None,
-            storage: Storage | None = None, owner: str | None = None) -> RunOutcome:
+def run_job(
+    job_id: str,
+    *,
+    settings: Settings | None = None,
+    store: JobStore | None = None,
+    storage: Storage | None = None,
+    owner: str | None = None,
+) -> RunOutcome:
     """Run one delivery of ``job_id`` to its end (or hand it back); never raises for job errors."""
     settings = settings or get_settings()
     store = store or JobStore(settings.resolved_database_url)
@@ -436,8 +505,9 @@ def run_job(job_id: str, *, settings: Settings | None = None, store: JobStore | 
         keeper.stop()
 
 
-def _end_attempt(store: JobStore, lease: Lease, keeper: LeaseKeeper, spec: JobSpec,
-                 exc: BaseException) -> RunOutcome:
+def _end_attempt(
+    store: JobStore, lease: Lease, keeper: LeaseKeeper, spec: JobSpec, exc: BaseException
+) -> RunOutcome:
     from models.errors import TrainingCancelled
 
     if keeper.lost.is_set():

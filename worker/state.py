@@ -149,7 +149,12 @@ class JobStore:
             job = s.get(Job, job_id)
             if job is None:
                 return ClaimResult("missing")
-            status, cancel, attempts, max_attempts = job.status, job.cancel_requested, job.attempts, job.max_attempts
+            status, cancel, attempts, max_attempts = (
+                job.status,
+                job.cancel_requested,
+                job.attempts,
+                job.max_attempts,
+            )
             expires, last_code = as_utc(job.lease_expires_at), job.error_code
         if status in TERMINAL:
             return ClaimResult("finished")
@@ -172,14 +177,30 @@ class JobStore:
             result = s.execute(
                 update(Job)
                 .where(Job.id == job_id, _claimable(now))
-                .values(status=status, error_code=code, error_message=message, finished_at=now,
-                        lease_owner=None, lease_expires_at=None, phase=None, updated_at=now)
+                .values(
+                    status=status,
+                    error_code=code,
+                    error_message=message,
+                    finished_at=now,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    phase=None,
+                    updated_at=now,
+                )
                 .execution_options(synchronize_session=False)
             )
             if result.rowcount != 1:  # type: ignore[attr-defined]
                 return False
-            s.add(_event(job_id, "status", f"{status}: {message}", {"status": status, "code": code}, now,
-                         level="error" if status == "failed" else "info"))
+            s.add(
+                _event(
+                    job_id,
+                    "status",
+                    f"{status}: {message}",
+                    {"status": status, "code": code},
+                    now,
+                    level="error" if status == "failed" else "info",
+                )
+            )
             return True
 
     # ---- while running --------------------------------------------------------------------------
@@ -204,11 +225,14 @@ class JobStore:
             return True
 
     def set_phase(self, lease: Lease, phase: str, message: str = "") -> bool:
-        event = _event(lease.job_id, "status", message or phase, {"status": "running", "phase": phase}, self.now())
+        event = _event(
+            lease.job_id, "status", message or phase, {"status": "running", "phase": phase}, self.now()
+        )
         return self._update_owned(lease, event, phase=phase)
 
-    def progress(self, lease: Lease, fraction: float, data: dict[str, Any] | None = None,
-                 *, event: bool = False) -> bool:
+    def progress(
+        self, lease: Lease, fraction: float, data: dict[str, Any] | None = None, *, event: bool = False
+    ) -> bool:
         fraction = min(1.0, max(0.0, float(fraction)))
         events = []
         if event:
@@ -222,8 +246,12 @@ class JobStore:
         event = _event(lease.job_id, "metrics", f"epoch {metrics.get('epoch')}", metrics, self.now())
         return self._update_owned(lease, event, metrics=dict(metrics))
 
-    def message(self, lease: Lease, text: str, data: dict[str, Any] | None = None, *, level: str = "info") -> bool:
-        return self._update_owned(lease, _event(lease.job_id, "message", text, data or {}, self.now(), level=level))
+    def message(
+        self, lease: Lease, text: str, data: dict[str, Any] | None = None, *, level: str = "info"
+    ) -> bool:
+        return self._update_owned(
+            lease, _event(lease.job_id, "message", text, data or {}, self.now(), level=level)
+        )
 
     def cancel_requested(self, job_id: str) -> bool:
         with self._tx() as s:
@@ -238,32 +266,72 @@ class JobStore:
             result = s.execute(
                 update(Job)
                 .where(Job.id == lease.job_id, Job.lease_owner == lease.owner, Job.status == "running")
-                .values(status="succeeded", phase=None, progress=1.0, metrics=dict(metrics), model_id=model_id,
-                        finished_at=now, lease_owner=None, lease_expires_at=None, updated_at=now)
+                .values(
+                    status="succeeded",
+                    phase=None,
+                    progress=1.0,
+                    metrics=dict(metrics),
+                    model_id=model_id,
+                    finished_at=now,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    updated_at=now,
+                )
                 .execution_options(synchronize_session=False)
             )
             if result.rowcount != 1:  # type: ignore[attr-defined]
                 s.rollback()
                 return False
             s.add(TunedModel(**{**model, "id": model_id, "job_id": lease.job_id, "created_at": now}))
-            s.add(_event(lease.job_id, "status", "succeeded", {"status": "succeeded", "model_id": model_id,
-                                                               "metrics": metrics}, now))
+            s.add(
+                _event(
+                    lease.job_id,
+                    "status",
+                    "succeeded",
+                    {"status": "succeeded", "model_id": model_id, "metrics": metrics},
+                    now,
+                )
+            )
             return True
 
     def finish(self, lease: Lease, status: Literal["failed", "cancelled"], code: str, message: str) -> bool:
         now = self.now()
         level = "error" if status == "failed" else "info"
-        event = _event(lease.job_id, "status", f"{status}: {message}", {"status": status, "code": code}, now,
-                       level=level)
-        return self._update_owned(lease, event, status=status, error_code=code, error_message=message[:4000],
-                                  finished_at=now, phase=None, lease_owner=None, lease_expires_at=None)
+        event = _event(
+            lease.job_id, "status", f"{status}: {message}", {"status": status, "code": code}, now, level=level
+        )
+        return self._update_owned(
+            lease,
+            event,
+            status=status,
+            error_code=code,
+            error_message=message[:4000],
+            finished_at=now,
+            phase=None,
+            lease_owner=None,
+            lease_expires_at=None,
+        )
 
     def release(self, lease: Lease, code: str, message: str) -> bool:
         """Give the job back for another attempt after a transient error (status queued)."""
-        event = _event(lease.job_id, "status", f"attempt {lease.attempt} failed ({code}): {message}; re-queued",
-                       {"status": "queued", "code": code}, self.now(), level="warn")
-        return self._update_owned(lease, event, status="queued", error_code=code, error_message=message[:4000],
-                                  phase=None, lease_owner=None, lease_expires_at=None)
+        event = _event(
+            lease.job_id,
+            "status",
+            f"attempt {lease.attempt} failed ({code}): {message}; re-queued",
+            {"status": "queued", "code": code},
+            self.now(),
+            level="warn",
+        )
+        return self._update_owned(
+            lease,
+            event,
+            status="queued",
+            error_code=code,
+            error_message=message[:4000],
+            phase=None,
+            lease_owner=None,
+            lease_expires_at=None,
+        )
 
     # ---- reaper -------------------------------------------------------------------------------------
     def reap(self, *, queued_after_seconds: float, limit: int = 500) -> ReapResult:
@@ -280,11 +348,15 @@ class JobStore:
         stale = now - timedelta(seconds=queued_after_seconds)
         with self._tx() as s:
             queued = s.execute(
-                select(Job.id, Job.updated_at).where(Job.status == "queued", Job.updated_at < stale).limit(limit)
+                select(Job.id, Job.updated_at)
+                .where(Job.status == "queued", Job.updated_at < stale)
+                .limit(limit)
             ).all()
             expired = s.execute(
                 select(Job.id, Job.attempts, Job.max_attempts, Job.cancel_requested)
-                .where(Job.status == "running", or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now))
+                .where(
+                    Job.status == "running", or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now)
+                )
                 .limit(limit)
             ).all()
         out = ReapResult([], [], [])
@@ -300,7 +372,9 @@ class JobStore:
                     out.requeued.append(job_id)
         for job_id, attempts, max_attempts, cancel in expired:
             if cancel:
-                if self._finish_unowned(job_id, now, "cancelled", "cancelled_by_user", "cancelled by the user"):
+                if self._finish_unowned(
+                    job_id, now, "cancelled", "cancelled_by_user", "cancelled by the user"
+                ):
                     out.cancelled.append(job_id)
             elif attempts >= max_attempts:
                 message = f"gave up after {attempts} attempt(s): the worker running the job was lost"
@@ -314,15 +388,20 @@ class JobStore:
         with self._tx() as s:
             result = s.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.status == "running",
-                       or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now))
+                .where(
+                    Job.id == job_id,
+                    Job.status == "running",
+                    or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now),
+                )
                 .values(status="queued", phase=None, lease_owner=None, lease_expires_at=None, updated_at=now)
                 .execution_options(synchronize_session=False)
             )
             if result.rowcount != 1:  # type: ignore[attr-defined]
                 return False
             text = f"worker lost (lease expired) during attempt {attempts} of {max_attempts}; re-queued"
-            s.add(_event(job_id, "status", text, {"status": "queued", "code": "worker_lost"}, now, level="warn"))
+            s.add(
+                _event(job_id, "status", text, {"status": "queued", "code": "worker_lost"}, now, level="warn")
+            )
             return True
 
     # ---- reads the runner needs --------------------------------------------------------------------
@@ -331,8 +410,17 @@ class JobStore:
             job = s.get(Job, job_id)
             if job is None:
                 return None
-            return JobSpec(job.id, job.tenant_id, job.method, job.backbone, job.dataset_id, dict(job.config or {}),
-                           int(job.seed or 0), job.attempts, job.max_attempts)
+            return JobSpec(
+                job.id,
+                job.tenant_id,
+                job.method,
+                job.backbone,
+                job.dataset_id,
+                dict(job.config or {}),
+                int(job.seed or 0),
+                job.attempts,
+                job.max_attempts,
+            )
 
     def dataset(self, *, tenant_id: str, dataset_id: str) -> Dataset | None:
         """The tenant's dataset row (ownership re-checked: another tenant's id is not found)."""
@@ -341,9 +429,12 @@ class JobStore:
 
     def tuned_model(self, *, tenant_id: str, model_id: str) -> TunedModel | None:
         with self._tx() as s:
-            return s.scalar(select(TunedModel).where(TunedModel.id == model_id, TunedModel.tenant_id == tenant_id))
+            return s.scalar(
+                select(TunedModel).where(TunedModel.id == model_id, TunedModel.tenant_id == tenant_id)
+            )
 
 
-def _event(job_id: str, type_: str, message: str, data: dict[str, Any], now: datetime,
-           *, level: str = "info") -> JobEvent:
+def _event(
+    job_id: str, type_: str, message: str, data: dict[str, Any], now: datetime, *, level: str = "info"
+) -> JobEvent:
     return JobEvent(job_id=job_id, type=type_, message=message, data=data, level=level, created_at=now)

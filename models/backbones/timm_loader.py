@@ -126,7 +126,9 @@ def save_timm_weights(model: nn.Module | Backbone, path: str | Path) -> str:
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        save_file(tensors, str(tmp), metadata={"format": "pt", "writer": "promptune.save_timm_weights"})
+        save_file(
+            tensors, str(tmp), metadata={"format": "pt"}
+        )  # one key: safetensors writes a map in random order
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

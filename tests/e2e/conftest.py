@@ -35,7 +35,9 @@ class Stack:
     workers: list[Proc] = dataclasses.field(default_factory=list)
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {self.key}"}, timeout=120)
+        return httpx.Client(
+            base_url=self.base_url, headers={"Authorization": f"Bearer {self.key}"}, timeout=120
+        )
 
     def start_worker(self, name: str) -> Proc:
         proc = start_worker(self.env, self.log_dir, name=name)
@@ -101,8 +103,13 @@ def upload_digits(client: httpx.Client, tmp_path: Path, *, per_class: int = 10) 
     return dict(response.json())
 
 
-def wait_job(client: httpx.Client, job_id: str, *, timeout: float = 180.0,
-             until: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+def wait_job(
+    client: httpx.Client,
+    job_id: str,
+    *,
+    timeout: float = 180.0,
+    until: Callable[[dict[str, Any]], bool] | None = None,
+) -> dict[str, Any]:
     if until is None:
         return follow_job(client, job_id, timeout=timeout, echo=False)
     deadline = time.monotonic() + timeout

@@ -18,8 +18,14 @@ from app.db.tables import ApiKey, Tenant
 def promptune(*args: str, data_dir: Path) -> str:
     env = {**os.environ, "PROMPTUNE_DATA_DIR": str(data_dir)}
     env.pop("PROMPTUNE_DATABASE_URL", None)
-    result = subprocess.run([sys.executable, "-m", "app.cli", *args], env=env, capture_output=True, text=True,
-                            timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -46,7 +52,8 @@ def test_migrate_then_keys_create_prints_a_working_key_once(tmp_path: Path) -> N
 
 
 def test_help_lists_every_command() -> None:
-    out = subprocess.run([sys.executable, "-m", "app.cli", "--help"], capture_output=True, text=True,
-                         timeout=60, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "app.cli", "--help"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
     for command in ("serve", "worker", "migrate", "keys", "demo"):
         assert command in out

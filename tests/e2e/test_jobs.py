@@ -32,9 +32,24 @@ def test_spt_job_end_to_end(stack: Stack, worker: Proc, tmp_path: Path) -> None:
     with stack.client() as client:
         dataset = upload_digits(client, tmp_path)
         assert dataset["num_classes"] == 10 and dataset["splits"]["test"] > 0
-        config = {"epochs": 2, "batch_size": 16, "lr": 0.05, "mode": "deep", "num_prompts": 4, "init": "random"}
-        response = client.post("/v1/jobs", json={"method": "spt", "backbone": "demo-vit",
-                                                 "dataset_id": dataset["id"], "config": config, "seed": 1})
+        config = {
+            "epochs": 2,
+            "batch_size": 16,
+            "lr": 0.05,
+            "mode": "deep",
+            "num_prompts": 4,
+            "init": "random",
+        }
+        response = client.post(
+            "/v1/jobs",
+            json={
+                "method": "spt",
+                "backbone": "demo-vit",
+                "dataset_id": dataset["id"],
+                "config": config,
+                "seed": 1,
+            },
+        )
         assert response.status_code == 201, response.text
         job = wait_job(client, response.json()["id"])
         assert job["status"] == "succeeded", (job, worker.tail())
@@ -63,9 +78,24 @@ def test_rpp_job_then_zero_shot_on_new_class_names(stack: Stack, worker: Proc, t
     new_classes = ["a cat", "a red car", "the sea"]
     with stack.client() as client:
         dataset = upload_digits(client, tmp_path, per_class=6)
-        config = {"epochs": 1, "batch_size": 16, "lr": 0.01, "design": "qkv", "n_ctx": 2, "num_sampled_classes": 4}
-        response = client.post("/v1/jobs", json={"method": "rpp", "backbone": "demo-clip",
-                                                 "dataset_id": dataset["id"], "config": config, "seed": 2})
+        config = {
+            "epochs": 1,
+            "batch_size": 16,
+            "lr": 0.01,
+            "design": "qkv",
+            "n_ctx": 2,
+            "num_sampled_classes": 4,
+        }
+        response = client.post(
+            "/v1/jobs",
+            json={
+                "method": "rpp",
+                "backbone": "demo-clip",
+                "dataset_id": dataset["id"],
+                "config": config,
+                "seed": 2,
+            },
+        )
         assert response.status_code == 201, response.text
         pretrain = wait_job(client, response.json()["id"])
         assert pretrain["status"] == "succeeded", (pretrain, worker.tail())
@@ -84,9 +114,16 @@ def test_rpp_job_then_zero_shot_on_new_class_names(stack: Stack, worker: Proc, t
         assert [p["top_k"] for p in tuned] != [p["top_k"] for p in plain]
 
         # Downstream tuning starts from the pretrained prompts (config.init_from).
-        response = client.post("/v1/jobs", json={"method": "rpp", "backbone": "demo-clip",
-                                                 "dataset_id": dataset["id"], "seed": 3,
-                                                 "config": {**config, "init_from": pretrain["model_id"]}})
+        response = client.post(
+            "/v1/jobs",
+            json={
+                "method": "rpp",
+                "backbone": "demo-clip",
+                "dataset_id": dataset["id"],
+                "seed": 3,
+                "config": {**config, "init_from": pretrain["model_id"]},
+            },
+        )
         assert response.status_code == 201, response.text
         downstream = wait_job(client, response.json()["id"])
         assert downstream["status"] == "succeeded", (downstream, worker.tail())

@@ -10,11 +10,15 @@ import pytest
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def test_readme_library_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_readme_library_example_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert blocks, "README has no python example"
-    full, small = 'write_digits_zip("var/sample/digits.zip")', 'write_digits_zip("var/sample/digits.zip", per_class=20)'
+    full, small = (
+        'write_digits_zip("var/sample/digits.zip")',
+        'write_digits_zip("var/sample/digits.zip", per_class=20)',
+    )
     assert full in blocks[0]
     code = blocks[0].replace(full, small)  # the same code on 200 digits instead of 1,797, to stay fast
     monkeypatch.chdir(tmp_path)

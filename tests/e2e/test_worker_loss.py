@@ -17,11 +17,19 @@ CONFIG = {"epochs": 4, "batch_size": 8, "lr": 0.05, "mode": "deep", "num_prompts
 def test_killed_worker_job_resumes_on_another_worker_bit_identically(stack: Stack, tmp_path: Path) -> None:
     with stack.client() as client:
         dataset = upload_digits(client, tmp_path, per_class=6)
-        body = {"method": "spt", "backbone": "demo-vit", "dataset_id": dataset["id"], "config": CONFIG, "seed": 5}
+        body = {
+            "method": "spt",
+            "backbone": "demo-vit",
+            "dataset_id": dataset["id"],
+            "config": CONFIG,
+            "seed": 5,
+        }
         victim = stack.start_worker("victim")
         job_id = client.post("/v1/jobs", json=body).json()["id"]
         # Let it train past a few resume-state uploads, then kill the whole worker (no ack, no cleanup).
-        wait_job(client, job_id, timeout=120, until=lambda j: j["phase"] == "training" and j["progress"] >= 0.3)
+        wait_job(
+            client, job_id, timeout=120, until=lambda j: j["phase"] == "training" and j["progress"] >= 0.3
+        )
         stack.kill_worker(victim)
         killed_at = client.get(f"/v1/jobs/{job_id}").json()
         assert killed_at["status"] == "running" and killed_at["progress"] < 1.0

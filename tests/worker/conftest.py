@@ -19,7 +19,9 @@ from tests.services import postgres_server, redis_server  # noqa: F401 - pytest 
 from tests.worker.dbs import database_url
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=[pytest.mark.postgres, pytest.mark.services])])
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=[pytest.mark.postgres, pytest.mark.services])]
+)
 def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield from database_url(request, tmp_path_factory)
 
@@ -39,8 +41,13 @@ def tenant_id(db_url: str) -> str:
 @pytest.fixture
 def make_job(db_url: str, tenant_id: str) -> Callable[..., str]:
     def make(**values: Any) -> str:
-        fields: dict[str, Any] = {"tenant_id": tenant_id, "method": "spt", "backbone": "tiny-vit", "config": {},
-                                  "max_attempts": 3}
+        fields: dict[str, Any] = {
+            "tenant_id": tenant_id,
+            "method": "spt",
+            "backbone": "tiny-vit",
+            "config": {},
+            "max_attempts": 3,
+        }
         fields.update(values)
         with session_scope(db_url) as s:
             job = Job(**fields)
@@ -55,8 +62,14 @@ def make_job(db_url: str, tenant_id: str) -> Callable[..., str]:
 def make_dataset(db_url: str, tenant_id: str) -> Callable[..., str]:
     def make(storage_key: str, classes: list[str], **values: Any) -> str:
         with session_scope(db_url) as s:
-            row = Dataset(tenant_id=tenant_id, name="d", storage_key=storage_key, classes=classes,
-                          num_classes=len(classes), **values)
+            row = Dataset(
+                tenant_id=tenant_id,
+                name="d",
+                storage_key=storage_key,
+                classes=classes,
+                num_classes=len(classes),
+                **values,
+            )
             s.add(row)
             s.flush()
             return row.id
@@ -80,8 +93,9 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ensure_demo_backbones(tmp_path_factory.mktemp("zoo"))
 
 
-def write_digits_dataset(storage: Storage, prefix: str, *, per_class: int, classes: int = 10,
-                         corrupt: bool = False) -> list[str]:
+def write_digits_dataset(
+    storage: Storage, prefix: str, *, per_class: int, classes: int = 10, corrupt: bool = False
+) -> list[str]:
     """The canonical stored layout (images/<n>.png + manifest.jsonl) of a digits subset; returns the classes."""
     from app.sample_data import digit_images
 

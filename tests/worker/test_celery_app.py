@@ -23,11 +23,16 @@ from worker.reaper import reap_once
 
 
 def test_reliability_settings_come_from_settings() -> None:
-    settings = Settings(redis_url="redis://127.0.0.1:1/3", job_soft_time_limit_seconds=100,
-                        job_hard_time_limit_seconds=200)
+    settings = Settings(
+        redis_url="redis://127.0.0.1:1/3", job_soft_time_limit_seconds=100, job_hard_time_limit_seconds=200
+    )
     conf = create_celery_app(settings).conf
     assert conf.broker_url == conf.result_backend == "redis://127.0.0.1:1/3"
-    assert (conf.task_serializer, conf.result_serializer, list(conf.accept_content)) == ("json", "json", ["json"])
+    assert (conf.task_serializer, conf.result_serializer, list(conf.accept_content)) == (
+        "json",
+        "json",
+        ["json"],
+    )
     assert conf.task_acks_late and conf.task_reject_on_worker_lost and conf.worker_prefetch_multiplier == 1
     assert (conf.task_soft_time_limit, conf.task_time_limit) == (100, 200)
     visibility = settings.visibility_timeout_seconds
@@ -65,8 +70,9 @@ def test_enqueue_sends_only_the_job_id_as_json(broker: redis.Redis) -> None:
 
 
 @pytest.mark.services
-def test_reaper_resends_a_stale_queued_job_to_the_broker(broker: redis.Redis, db_url: str,
-                                                          make_job: Callable[..., str]) -> None:
+def test_reaper_resends_a_stale_queued_job_to_the_broker(
+    broker: redis.Redis, db_url: str, make_job: Callable[..., str]
+) -> None:
     stale = make_job()
     make_job()  # fresh: left alone
     with session_scope(db_url) as s:

@@ -37,8 +37,15 @@ def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 @pytest.fixture
 def settings(tmp_path: Path, db_url: str, zoo: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", database_url=db_url, backbones_file=zoo,
-                    checkpoint_every_steps=3, job_lease_seconds=30, torch_threads=1, environment="test")
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=db_url,
+        backbones_file=zoo,
+        checkpoint_every_steps=3,
+        job_lease_seconds=30,
+        torch_threads=1,
+        environment="test",
+    )
 
 
 @pytest.fixture
@@ -68,7 +75,13 @@ def test_spt_job_succeeds_with_phases_events_and_a_verified_checkpoint(
     assert outcome.outcome == "succeeded", job_row(db_url, job_id).error_message
 
     job = job_row(db_url, job_id)
-    assert (job.status, job.phase, job.progress, job.attempts, job.error_code) == ("succeeded", None, 1.0, 1, None)
+    assert (job.status, job.phase, job.progress, job.attempts, job.error_code) == (
+        "succeeded",
+        None,
+        1.0,
+        1,
+        None,
+    )
     assert job.finished_at is not None and job.lease_owner is None
     assert 0.0 <= job.metrics["val_acc"] <= 1.0 and 0.0 <= job.metrics["test_acc"] <= 1.0
     assert job.metrics["num_train"] > 0 and job.metrics["num_test"] > 0
@@ -100,8 +113,12 @@ def test_spt_job_succeeds_with_phases_events_and_a_verified_checkpoint(
 
 
 def test_unusable_dataset_fails_with_invalid_dataset(
-    settings: Settings, storage: LocalStorage, db_url: str, tenant_id: str, make_dataset: Callable[..., str],
-    make_job: Callable[..., str]
+    settings: Settings,
+    storage: LocalStorage,
+    db_url: str,
+    tenant_id: str,
+    make_dataset: Callable[..., str],
+    make_job: Callable[..., str],
 ) -> None:
     prefix = f"datasets/{tenant_id}/broken"
     classes = write_digits_dataset(storage, prefix, per_class=2, classes=2, corrupt=True)
@@ -113,8 +130,9 @@ def test_unusable_dataset_fails_with_invalid_dataset(
     assert "no usable images" in (job.error_message or "")
 
 
-def test_unknown_backbone_fails_without_retry(settings: Settings, storage: LocalStorage, db_url: str, digits: str,
-                                              make_job: Callable[..., str]) -> None:
+def test_unknown_backbone_fails_without_retry(
+    settings: Settings, storage: LocalStorage, db_url: str, digits: str, make_job: Callable[..., str]
+) -> None:
     job_id = make_job(backbone="gone-from-registry", dataset_id=digits, config=SPT)
     outcome = run_job(job_id, settings=settings, storage=storage)
     assert (outcome.outcome, outcome.error_code) == ("failed", "unknown_backbone")
@@ -122,7 +140,12 @@ def test_unknown_backbone_fails_without_retry(settings: Settings, storage: Local
 
 
 def test_transient_error_releases_the_job_for_another_attempt(
-    settings: Settings, storage: LocalStorage, db_url: str, digits: str, tenant_id: str, make_job: Callable[..., str]
+    settings: Settings,
+    storage: LocalStorage,
+    db_url: str,
+    digits: str,
+    tenant_id: str,
+    make_job: Callable[..., str],
 ) -> None:
     job_id = make_job(backbone="demo-vit", dataset_id=digits, config=SPT, max_attempts=2)
     storage.delete(f"datasets/{tenant_id}/digits/manifest.jsonl")  # a storage outage, not bad data
@@ -149,8 +172,9 @@ def _wait_for(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
         time.sleep(0.05)
 
 
-def test_cancel_while_training(settings: Settings, storage: LocalStorage, db_url: str, digits: str,
-                               make_job: Callable[..., str]) -> None:
+def test_cancel_while_training(
+    settings: Settings, storage: LocalStorage, db_url: str, digits: str, make_job: Callable[..., str]
+) -> None:
     job_id = make_job(backbone="demo-vit", dataset_id=digits, config={**SPT, "epochs": 200})
     thread, box = _run_in_thread(job_id, settings=settings, storage=storage)
     _wait_for(lambda: job_row(db_url, job_id).phase == "training")

@@ -59,8 +59,9 @@ def test_live_lease_blocks_a_second_claim(db_url: str, make_job: Callable[..., s
     assert (job.status, job.lease_owner, job.attempts) == ("running", "w1", 1)  # untouched
 
 
-def test_expired_lease_is_reclaimable_and_the_old_owner_is_locked_out(db_url: str,
-                                                                      make_job: Callable[..., str]) -> None:
+def test_expired_lease_is_reclaimable_and_the_old_owner_is_locked_out(
+    db_url: str, make_job: Callable[..., str]
+) -> None:
     job_id = make_job()
     clock = Clock()
     store = JobStore(db_url, clock=clock)
@@ -74,9 +75,17 @@ def test_expired_lease_is_reclaimable_and_the_old_owner_is_locked_out(db_url: st
     assert not store.progress(first, 0.5, {"step": 1}, event=True)
     assert not store.set_phase(first, "training")
     assert not store.finish(first, "failed", "internal", "boom")
-    assert not store.succeed(first, model={"tenant_id": job_row(db_url, job_id).tenant_id, "method": "spt",
-                                           "backbone": "b", "checkpoint_key": "k", "checkpoint_sha256": "0" * 64},
-                             metrics={})
+    assert not store.succeed(
+        first,
+        model={
+            "tenant_id": job_row(db_url, job_id).tenant_id,
+            "method": "spt",
+            "backbone": "b",
+            "checkpoint_key": "k",
+            "checkpoint_sha256": "0" * 64,
+        },
+        metrics={},
+    )
     job = job_row(db_url, job_id)
     assert (job.status, job.lease_owner, job.attempts) == ("running", "w2", 2)
     with session_scope(db_url) as s:
@@ -140,7 +149,9 @@ def test_owner_finishes_cancelled_and_failed(db_url: str, make_job: Callable[...
         assert not store.finish(lease, "failed", "internal", "again")  # terminal states are final
 
 
-def test_release_requeues_and_the_next_claim_clears_the_error(db_url: str, make_job: Callable[..., str]) -> None:
+def test_release_requeues_and_the_next_claim_clears_the_error(
+    db_url: str, make_job: Callable[..., str]
+) -> None:
     job_id = make_job()
     store = JobStore(db_url)
     lease = store.claim(job_id, owner="w1", lease_seconds=LEASE).lease
@@ -154,17 +165,30 @@ def test_release_requeues_and_the_next_claim_clears_the_error(db_url: str, make_
     assert (job.status, job.error_code, job.error_message) == ("running", None, None)
 
 
-def test_succeed_records_the_model_in_the_same_transaction(db_url: str, make_job: Callable[..., str],
-                                                           tenant_id: str) -> None:
+def test_succeed_records_the_model_in_the_same_transaction(
+    db_url: str, make_job: Callable[..., str], tenant_id: str
+) -> None:
     job_id = make_job()
     store = JobStore(db_url)
     lease = store.claim(job_id, owner="w1", lease_seconds=LEASE).lease
     assert lease is not None
-    model = {"tenant_id": tenant_id, "method": "spt", "backbone": "tiny-vit", "classes": ["a", "b"],
-             "metrics": {"val_acc": 1.0}, "checkpoint_key": "models/t/m.safetensors", "checkpoint_sha256": "a" * 64}
+    model = {
+        "tenant_id": tenant_id,
+        "method": "spt",
+        "backbone": "tiny-vit",
+        "classes": ["a", "b"],
+        "metrics": {"val_acc": 1.0},
+        "checkpoint_key": "models/t/m.safetensors",
+        "checkpoint_sha256": "a" * 64,
+    }
     assert store.succeed(lease, model=model, metrics={"val_acc": 1.0})
     job = job_row(db_url, job_id)
-    assert (job.status, job.progress, job.metrics, job.lease_owner) == ("succeeded", 1.0, {"val_acc": 1.0}, None)
+    assert (job.status, job.progress, job.metrics, job.lease_owner) == (
+        "succeeded",
+        1.0,
+        {"val_acc": 1.0},
+        None,
+    )
     with session_scope(db_url) as s:
         row = s.get(TunedModel, job.model_id)
         assert row is not None and row.job_id == job_id and row.checkpoint_sha256 == "a" * 64
@@ -182,8 +206,12 @@ def test_progress_and_metrics_are_written_with_events(db_url: str, make_job: Cal
     job = job_row(db_url, job_id)
     assert (job.phase, job.progress, job.metrics) == ("training", 0.5, {"epoch": 1, "val_acc": 0.5})
     kinds = [(e.type, e.message) for e in events(db_url, job_id)]
-    assert kinds == [("status", "running (attempt 1)"), ("status", "training"), ("message", "step 10/20"),
-                     ("metrics", "epoch 1")]
+    assert kinds == [
+        ("status", "running (attempt 1)"),
+        ("status", "training"),
+        ("message", "step 10/20"),
+        ("metrics", "epoch 1"),
+    ]
 
 
 def test_reaper_requeues_stale_and_orphaned_jobs_once(db_url: str, make_job: Callable[..., str]) -> None:
@@ -206,7 +234,10 @@ def test_reaper_requeues_stale_and_orphaned_jobs_once(db_url: str, make_job: Cal
     assert sorted(result.requeued) == sorted([stale_queued, orphan])
     assert result.failed == [last_chance] and result.cancelled == [cancelled_orphan]
     assert job_row(db_url, orphan).status == "queued" and job_row(db_url, orphan).lease_owner is None
-    assert (job_row(db_url, last_chance).status, job_row(db_url, last_chance).error_code) == ("failed", "worker_lost")
+    assert (job_row(db_url, last_chance).status, job_row(db_url, last_chance).error_code) == (
+        "failed",
+        "worker_lost",
+    )
     assert job_row(db_url, live).status == "running" and job_row(db_url, fresh_queued).status == "queued"
     assert events(db_url, orphan)[-1].data == {"status": "queued", "code": "worker_lost"}
 
@@ -214,7 +245,9 @@ def test_reaper_requeues_stale_and_orphaned_jobs_once(db_url: str, make_job: Cal
     again = store.reap(queued_after_seconds=120)
     assert again.requeued == [] and again.failed == [] and again.cancelled == []
     clock.advance(121)
-    assert sorted(store.reap(queued_after_seconds=120).requeued) == sorted([stale_queued, fresh_queued, orphan])
+    assert sorted(store.reap(queued_after_seconds=120).requeued) == sorted(
+        [stale_queued, fresh_queued, orphan]
+    )
 
 
 def test_concurrent_claims_have_exactly_one_winner(db_url: str, make_job: Callable[..., str]) -> None:

@@ -1,0 +1,69 @@
+"""SPT / VPT configuration (papers.md B and C)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..base import MethodConfig
+from ..config import check_choice, check_float, check_int
+from ..errors import ConfigError
+
+MODES = ("shallow", "deep")
+INITS = ("xavier", "random", "mean-pool", "max-pool", "kmeans")
+READOUTS = ("auto", "token", "mean")
+DEFAULT_NUM_PROMPTS = {"shallow": 100, "deep": 20}  # SPT's defaults (papers.md B.1)
+MAX_NUM_PROMPTS = 512
+
+
+@dataclasses.dataclass
+class SPTConfig(MethodConfig):
+    """Prompts inserted into a frozen timm ViT after the prefix tokens: ``[CLS, P, patches]``.
+
+    Args:
+        mode: ``shallow`` (one prompt of M tokens at the input) or ``deep`` (one prompt per block; before
+            block i >= 1 the previous prompt outputs are replaced, VPT-deep style).
+        num_prompts: M, tokens per prompted layer. ``None`` = 100 (shallow) / 20 (deep). ``0`` = no prompts
+            (a linear probe on the frozen features).
+        init: ``xavier`` is VPT's baseline (uniform +-sqrt(6 / (3 * patch * patch + D)));
+            ``random`` | ``mean-pool`` | ``max-pool`` | ``kmeans`` are SPT's prototype initialisations from the
+            tokens entering each block on the training images (``prepare``).
+        init_max_images: at most this many training images are streamed for the prototype init.
+        init_batch_size: images per no-grad forward during the prototype init.
+        kmeans_iters: Lloyd iterations of the k-means init.
+        kmeans_max_tokens: tokens per layer kept (uniform reservoir) as the k-means sample; memory is at most
+            ``2 * layers * kmeans_max_tokens * D`` floats (deep ViT-B at 4096: about 300 MB).
+        readout: ``token`` (``norm(x)[:, 0]``), ``mean`` (mean over prompts and patches, with the backbone's
+            final norm(s) where timm applies them) or ``auto`` (mean for MAE, token otherwise).
+        head_init_std: trunc-normal std of the linear head; ``None`` = 0.01 for MoCo, 0.02 otherwise.
+        prompt_dropout: dropout on the prompt tokens while training (VPT; 0 by default).
+    """
+
+    mode: str = "deep"
+    num_prompts: int | None = None
+    init: str = "random"
+    init_max_images: int = 1000
+    init_batch_size: int = 64
+    kmeans_iters: int = 20
+    kmeans_max_tokens: int = 4096
+    readout: str = "auto"
+    head_init_std: float | None = None
+    prompt_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_choice("mode", self.mode, MODES)
+        if self.num_prompts is None:
+            self.num_prompts = DEFAULT_NUM_PROMPTS[self.mode]
+        check_int("num_prompts", self.num_prompts, minimum=0, maximum=MAX_NUM_PROMPTS)
+        check_choice("init", self.init, INITS)
+        check_int("init_max_images", self.init_max_images, minimum=1)
+        check_int("init_batch_size", self.init_batch_size, minimum=1, maximum=4096)
+        check_int("kmeans_iters", self.kmeans_iters, minimum=1, maximum=1000)
+        check_int("kmeans_max_tokens", self.kmeans_max_tokens, minimum=1, maximum=1_000_000)
+        if self.init == "kmeans" and self.kmeans_max_tokens < self.num_prompts:
+            raise ConfigError("kmeans_max_tokens", f"must be >= num_prompts ({self.num_prompts}) for k-means")
+        check_choice("readout", self.readout, READOUTS)
+        if self.head_init_std is not None:
+            check_float("head_init_std", self.head_init_std, minimum=0.0, maximum=1.0, strict_min=True)
+        check_float("prompt_dropout", self.prompt_dropout, minimum=0.0)
+        if self.prompt_dropout >= 1.0:
+            raise ConfigError("prompt_dropout", f"must be < 1, got {self.prompt_dropout}")

@@ -1,0 +1,401 @@
+"""Build the zoo: named backbones pretrained on the world, cached on disk, listed in a registry JSON.
+
+``build_zoo(out_dir, profile="quick" | "full", only=None)`` trains each named recipe unless a cached copy
+with the same recipe hash (config + profile budget + world version) and a matching sha256 is already in
+``out_dir``, then (re)writes ``out_dir/backbones.json``: ``{name: BackboneSpec dict}`` for every backbone
+built there, which the service reads as ``settings.backbones_file``.
+
+Layout::
+
+    out_dir/backbones.json
+    out_dir/zoo-clip-tiny/open_clip_config.json, open_clip_model.safetensors, manifest.json
+    out_dir/zoo-vit-sup-tiny/model.safetensors, manifest.json
+    out_dir/zoo-vit-mae-tiny/model.safetensors, manifest.json
+
+``manifest.json`` records the recipe, its hash, the spec, the sha256, steps / seconds / images seen, the
+loss curve, versions, and for the CLIP its zero-shot accuracy on held-out world tasks next to a random-init
+CLIP of the same architecture.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..backbones.spec import BackboneSpec
+from ..backbones.weights import sha256_file
+from ..errors import ConfigError
+from .pretrain_clip import ClipPretrainConfig, pretrain_clip, save_clip, zero_shot_report
+from .pretrain_vit import VitPretrainConfig, pretrain_vit, save_vit
+from .tasks import ZERO_SHOT_TASKS, build_task
+from .training import resolve_device
+from .world import WORLD_VERSION
+
+ZOO_VERSION = 1  # bump when a recipe's code path changes what it produces
+PROFILES = ("quick", "full")
+REGISTRY_NAME = "backbones.json"
+MANIFEST_NAME = "manifest.json"
+
+# Per profile: overrides of the pretraining config. "quick" proves the pipeline in about a minute on two
+# CPU cores (its weights are barely trained: fine for the demo and CI, not for claims); "full" is sized
+# for roughly 20 minutes per model on the same two idle cores (step budgets, so the weights are
+# reproducible). The full step counts come from 5-step timings on a shared machine (docs/zoo.md):
+# time the first full run and adjust here if it is far from 20 minutes.
+_CLIP_PROFILES: dict[str, dict[str, Any]] = {
+    "quick": {"max_steps": 12, "batch_size": 64, "warmup_steps": 3, "log_every": 4},
+    "full": {"max_steps": 900, "batch_size": 128, "warmup_steps": 50, "log_every": 25},
+}
+_VIT_PROFILES: dict[str, dict[str, Any]] = {
+    "quick": {"max_steps": 12, "batch_size": 64, "warmup_steps": 3, "log_every": 4},
+    "full": {"max_steps": 1400, "batch_size": 128, "warmup_steps": 70, "log_every": 50},
+}
+_MAE_PROFILES: dict[str, dict[str, Any]] = {
+    "quick": {"max_steps": 12, "batch_size": 64, "warmup_steps": 3, "log_every": 4},
+    "full": {"max_steps": 1200, "batch_size": 256, "warmup_steps": 60, "log_every": 50, "lr": 1.5e-3},
+}
+# Zero-shot evaluation of the CLIP: test images per held-out world task.
+_EVAL_TEST_SIZE = {"quick": 100, "full": 500}
+# Task seed for evaluation: not a seed any pretraining stream uses.
+EVAL_TASK_SEED = 2024
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    name: str
+    family: str  # open_clip | timm
+    kind: str  # clip | supervised | mae
+    config: dict[str, Any]  # base pretraining config (ClipPretrainConfig / VitPretrainConfig fields)
+    profiles: dict[str, dict[str, Any]]
+    description: str = ""
+
+    def resolved_config(self, profile: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        if profile not in self.profiles:
+            raise ConfigError("profile", f"must be one of {', '.join(self.profiles)}, got {profile!r}")
+        return {**self.config, **self.profiles[profile], **(overrides or {})}
+
+    def recipe_hash(self, profile: str, overrides: dict[str, Any] | None = None) -> str:
+        """Everything that decides the weights (not the device, the log cadence or the machine)."""
+        cfg = {
+            k: v
+            for k, v in self.resolved_config(profile, overrides).items()
+            if k not in ("device", "log_every")
+        }
+        blob = {
+            "name": self.name,
+            "family": self.family,
+            "kind": self.kind,
+            "config": cfg,
+            "world_version": WORLD_VERSION,
+            "zoo_version": ZOO_VERSION,
+        }
+        return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+
+RECIPES: dict[str, Recipe] = {
+    "zoo-clip-tiny": Recipe(
+        name="zoo-clip-tiny",
+        family="open_clip",
+        kind="clip",
+        config=ClipPretrainConfig(arch="zoo-clip-tiny").to_dict(),
+        profiles=_CLIP_PROFILES,
+        description="open_clip ViT CLIP, 32 px patch 4, vision 4x192, text 4x128, contrastive on world captions",
+    ),
+    "zoo-vit-sup-tiny": Recipe(
+        name="zoo-vit-sup-tiny",
+        family="timm",
+        kind="supervised",
+        config=VitPretrainConfig(mode="supervised").to_dict(),
+        profiles=_VIT_PROFILES,
+        description="timm ViT 32 px patch 4, 4x192, supervised on world attributes + digits (train split)",
+    ),
+    "zoo-vit-mae-tiny": Recipe(
+        name="zoo-vit-mae-tiny",
+        family="timm",
+        kind="mae",
+        config=VitPretrainConfig(mode="mae").to_dict(),
+        profiles=_MAE_PROFILES,
+        description="timm ViT 32 px patch 4, 4x192, MAE (mask 0.75) on world images + digits (train split)",
+    ),
+}
+
+
+def weights_path(out_dir: Path, recipe: Recipe) -> Path:
+    folder = out_dir / recipe.name
+    return folder / ("open_clip_model.safetensors" if recipe.family == "open_clip" else "model.safetensors")
+
+
+def backbone_spec(recipe: Recipe, out_dir: Path, sha256: str, config: dict[str, Any]) -> BackboneSpec:
+    """The registry entry: absolute paths, the weights' sha256, and the architecture to rebuild."""
+    folder = (out_dir / recipe.name).resolve()
+    if recipe.family == "open_clip":
+        clip_cfg = ClipPretrainConfig.from_dict(config)
+        return BackboneSpec(
+            family="open_clip", arch=clip_cfg.arch, weights=f"local-dir:{folder}", kind="clip",
+            sha256=sha256, name=recipe.name, model_config=clip_cfg.model_config(),
+        )  # fmt: skip
+    vit_cfg = VitPretrainConfig.from_dict(config)
+    return BackboneSpec(
+        family="timm", arch=vit_cfg.arch, weights=str(weights_path(out_dir, recipe).resolve()),
+        kind=recipe.kind, sha256=sha256, name=recipe.name, model_kwargs=vit_cfg.model_kwargs(),
+    )  # fmt: skip
+
+
+def read_manifest(out_dir: Path, name: str) -> dict[str, Any] | None:
+    path = out_dir / name / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def cached(out_dir: Path, recipe: Recipe, recipe_hash: str) -> dict[str, Any] | None:
+    """The manifest of a usable cached build (same recipe hash, weights present, sha256 matching)."""
+    manifest = read_manifest(out_dir, recipe.name)
+    if manifest is None or manifest.get("recipe_hash") != recipe_hash:
+        return None
+    weights = weights_path(out_dir, recipe)
+    if not weights.is_file() or sha256_file(weights) != manifest.get("sha256"):
+        return None
+    return manifest
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _versions() -> dict[str, str]:
+    import numpy
+    import open_clip
+    import timm
+
+    return {
+        "torch": torch.__version__,
+        "open_clip": open_clip.__version__,
+        "timm": timm.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def evaluate_clip_zero_shot(
+    model: torch.nn.Module,
+    tokenizer: Callable[..., torch.Tensor],
+    model_config: dict[str, Any],
+    *,
+    arch: str,
+    image_size: int,
+    test_size: int = 500,
+    task_names: Sequence[str] = ZERO_SHOT_TASKS,
+    seed: int = EVAL_TASK_SEED,
+) -> dict[str, dict[str, float]]:
+    """Zero-shot accuracy on held-out world tasks (fresh task seed) vs a random-init CLIP, plus chance."""
+    tasks = [build_task(n, seed=seed, image_size=image_size, sizes={"test": test_size}) for n in task_names]
+    report = zero_shot_report(model, tokenizer, tasks, model_config=model_config, arch=arch)
+    keys = ("pretrained", "random_init", "chance")
+    mean = {k: sum(r[k] for r in report.values()) / max(1, len(report)) for k in keys}
+    return {**report, "mean": mean}
+
+
+def verify_with_loader(spec: BackboneSpec, reference: Any, image_size: int) -> dict[str, Any]:
+    """Load ``spec`` through the real backbone loader and compare with the in-memory model."""
+    from ..backbones.loader import load_backbone
+
+    backbone = load_backbone(spec)
+    x = torch.randn(4, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    # Compare frozen with frozen: PyTorch picks other attention kernels when no parameter needs a grad.
+    flags = {n: p.requires_grad for n, p in reference.named_parameters()}
+    reference.requires_grad_(False)
+    try:
+        diff = _max_diff(spec, backbone.model, reference, x)
+    finally:
+        for n, p in reference.named_parameters():
+            p.requires_grad_(flags[n])
+    return {
+        "sha256_match": backbone.weights_sha256 == spec.sha256,
+        "max_abs_diff": diff,
+        "preprocessing": dataclasses.asdict(backbone.preprocessing),
+    }
+
+
+@torch.no_grad()
+def _max_diff(spec: BackboneSpec, loaded: Any, reference: Any, x: torch.Tensor) -> float:
+    if spec.family == "open_clip":
+        tokens = open_clip_tokenize(["two small red circles on a striped background"], spec)
+        image = (loaded.encode_image(x) - reference.encode_image(x)).abs().max().item()
+        text = (loaded.encode_text(tokens) - reference.encode_text(tokens)).abs().max().item()
+        return max(image, text)
+    # Every saved tensor must come back unchanged (an MAE encoder's final `norm` is loaded as `fc_norm`,
+    # its mean-pool readout); with the same (token) readout the outputs must match too.
+    got = loaded.state_dict()
+    diff = 0.0
+    for key, value in reference.state_dict().items():
+        other = got.get(key)
+        if other is None and key.startswith("norm."):
+            other = got.get("fc_" + key)
+        if other is None:
+            raise ConfigError("weights", f"the loaded model lacks {key}")
+        diff = max(diff, (other - value).abs().max().item())
+    if spec.kind == "supervised":
+        diff = max(diff, (loaded(x) - reference(x)).abs().max().item())
+    return diff
+
+
+def open_clip_tokenize(texts: list[str], spec: BackboneSpec) -> torch.Tensor:
+    import open_clip
+
+    context = int((spec.model_config or {}).get("text_cfg", {}).get("context_length", 77))
+    return open_clip.tokenize(texts, context_length=context)
+
+
+def build_one(
+    recipe: Recipe,
+    out_dir: Path,
+    profile: str,
+    *,
+    overrides: dict[str, Any] | None = None,
+    evaluate: bool = True,
+    log: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """Train, save, verify and (CLIP) evaluate one recipe; returns its manifest."""
+    config = recipe.resolved_config(profile, overrides)
+    folder = out_dir / recipe.name
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    result: Any
+    if recipe.family == "open_clip":
+        result = pretrain_clip(config, log=log)
+        _, sha = save_clip(result.model, result.model_config, folder)
+        image_size = result.config.image_size
+    else:
+        result = pretrain_vit(config, log=log)
+        _, sha = save_vit(result.model, weights_path(out_dir, recipe))
+        image_size = result.config.image_size
+    spec = backbone_spec(recipe, out_dir, sha, config)
+    manifest: dict[str, Any] = {
+        "name": recipe.name,
+        "description": recipe.description,
+        "profile": profile,
+        "recipe_hash": recipe.recipe_hash(profile, overrides),
+        "config": config,
+        "spec": spec.to_dict(),
+        "sha256": sha,
+        "steps": result.steps,
+        "train_seconds": round(result.seconds, 2),
+        "images_seen": result.images_seen,
+        "final_loss": result.history[-1]["loss"] if result.history else None,
+        "history": result.history,
+        "versions": _versions(),
+        "device": str(resolve_device(str(config.get("device", "auto")))),
+        "torch_threads": torch.get_num_threads(),
+        "world_version": WORLD_VERSION,
+        "zoo_version": ZOO_VERSION,
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+    }
+    try:
+        manifest["verified"] = verify_with_loader(spec, result.model, image_size)
+    except ImportError as exc:  # the loader is part of the library; only a broken install lacks it
+        manifest["verified"] = {"error": f"backbone loader unavailable: {exc}"}
+    if recipe.family == "open_clip" and evaluate:
+        t0 = time.perf_counter()
+        manifest["zero_shot"] = evaluate_clip_zero_shot(
+            result.model, result.tokenizer, result.model_config, arch=result.config.arch,
+            image_size=image_size, test_size=_EVAL_TEST_SIZE[profile],
+        )  # fmt: skip
+        manifest["zero_shot_seconds"] = round(time.perf_counter() - t0, 2)
+        if log is not None:
+            for task, row in manifest["zero_shot"].items():
+                log(
+                    f"[{recipe.name}] zero-shot {task:<12} pretrained {row['pretrained']:.3f} "
+                    f"random-init {row['random_init']:.3f} chance {row['chance']:.3f}"
+                )
+    _write_json(folder / MANIFEST_NAME, manifest)
+    return manifest
+
+
+def write_registry(out_dir: Path, path: Path | None = None) -> dict[str, dict[str, Any]]:
+    """``{name: spec dict}`` for every valid build in ``out_dir`` (any recipe name), written atomically."""
+    registry: dict[str, dict[str, Any]] = {}
+    for name, recipe in RECIPES.items():
+        manifest = read_manifest(out_dir, name)
+        if manifest is None:
+            continue
+        weights = weights_path(out_dir, recipe)
+        if not weights.is_file() or sha256_file(weights) != manifest.get("sha256"):
+            continue
+        registry[name] = BackboneSpec.from_dict(manifest["spec"]).to_dict()
+    target = path or out_dir / REGISTRY_NAME
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _write_json(target, registry)
+    return registry
+
+
+def build_zoo(
+    out_dir: str | Path,
+    profile: str = "quick",
+    only: Iterable[str] | None = None,
+    *,
+    force: bool = False,
+    device: str = "auto",
+    overrides: dict[str, dict[str, Any]] | None = None,
+    evaluate: bool = True,
+    registry_path: str | Path | None = None,
+    log: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """Build (or reuse) the named backbones and write the registry.
+
+    Args:
+        out_dir: where the weights, manifests and ``backbones.json`` go.
+        profile: ``quick`` (about a minute for all three on two cores) or ``full`` (~20 min each).
+        only: recipe names to build (default: all of :data:`RECIPES`).
+        force: rebuild even when a matching cached build exists.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``. Not part of the recipe hash.
+        overrides: per recipe name, config fields to override (they change the recipe hash).
+        evaluate: run the CLIP zero-shot evaluation after training.
+        registry_path: where to write the registry (default ``out_dir/backbones.json``).
+
+    Returns:
+        ``{"registry": {...}, "built": [names], "cached": [names], "manifests": {name: manifest}}``.
+    """
+    if profile not in PROFILES:
+        raise ConfigError("profile", f"must be one of {', '.join(PROFILES)}, got {profile!r}")
+    names = list(only) if only else list(RECIPES)
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown:
+        raise ConfigError("only", f"unknown backbone(s) {unknown} (known: {', '.join(RECIPES)})")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    built, reused, manifests = [], [], {}
+    for name in names:
+        recipe = RECIPES[name]
+        extra = dict((overrides or {}).get(name, {}))
+        digest = recipe.recipe_hash(profile, extra)
+        manifest = None if force else cached(out, recipe, digest)
+        if manifest is not None:
+            if log is not None:
+                log(
+                    f"[zoo] {name}: cached ({profile}, recipe {digest[:12]}, sha256 {manifest['sha256'][:12]})"
+                )
+            reused.append(name)
+        else:
+            if log is not None:
+                log(f"[zoo] {name}: building ({profile}, recipe {digest[:12]})")
+            # The device is not part of the recipe hash (see Recipe.recipe_hash).
+            manifest = build_one(recipe, out, profile, overrides={**extra, "device": device}, evaluate=evaluate,
+                                 log=log)  # fmt: skip
+            built.append(name)
+        manifests[name] = manifest
+    registry = write_registry(out, Path(registry_path) if registry_path else None)
+    return {"registry": registry, "built": built, "cached": reused, "manifests": manifests}
