@@ -11,7 +11,8 @@ from tests.e2e.conftest import Stack, checkpoint_sha256, upload_digits, wait_job
 
 pytestmark = pytest.mark.services
 
-CONFIG = {"epochs": 4, "batch_size": 8, "lr": 0.05, "mode": "deep", "num_prompts": 4, "init": "random"}
+# Enough steps (60) that the kill lands mid-training even on a fast machine (the poll runs every 0.2 s).
+CONFIG = {"epochs": 12, "batch_size": 8, "lr": 0.05, "mode": "deep", "num_prompts": 4, "init": "random"}
 
 
 def test_killed_worker_job_resumes_on_another_worker_bit_identically(stack: Stack, tmp_path: Path) -> None:

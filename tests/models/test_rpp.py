@@ -362,14 +362,24 @@ def test_metadata(tiny: Backbone) -> None:
     assert meta["templates"] == ["a photo of a {}."] and meta["ctx_init"] == "a photo of a"
 
 
-def test_tiny_training_learns_colours() -> None:
+@pytest.mark.parametrize(
+    "design",
+    [
+        {},  # RPP defaults: unshared q/k/v prompts in both towers
+        {"text_design": "coop", "vision_design": "none", "lr": 0.03, "steps": 60},  # CoOp / POMP context
+    ],
+    ids=["rpp", "coop"],
+)
+def test_tiny_training_learns_colours(design: dict[str, Any]) -> None:
     """A few AdamW steps on the prompts alone lift a frozen random CLIP far above chance (1/6)."""
+    design = dict(design)
+    lr, steps = design.pop("lr", 0.01), design.pop("steps", 40)
     torch.manual_seed(100)
     config: dict[str, Any] = copy.deepcopy(TINY_CLIP_CONFIG)
     config["vision_cfg"]["layers"] = config["text_cfg"]["layers"] = 4  # default depth 3 of 4 blocks
     backbone = load_backbone(tiny_clip_spec(arch="promptune-test-tiny-clip-4l", model_config=config))
     torch.manual_seed(0)
-    method = RPPModel(backbone, RPPConfig(num_sampled_classes=len(NAMES)), NAMES)
+    method = RPPModel(backbone, RPPConfig(num_sampled_classes=len(NAMES), **design), NAMES)
     gen = torch.Generator().manual_seed(0)
     train_x, train_y = _colour_images(64, gen, backbone)
     test_x, test_y = _colour_images(64, gen, backbone)
@@ -383,8 +393,8 @@ def test_tiny_training_learns_colours() -> None:
         return value
 
     before = accuracy()
-    optimizer = torch.optim.AdamW(list(method.learned_parameters().values()), lr=0.01, weight_decay=0.0)
-    for step in range(40):
+    optimizer = torch.optim.AdamW(list(method.learned_parameters().values()), lr=lr, weight_decay=0.0)
+    for step in range(steps):
         idx = torch.randperm(64, generator=gen)[:16]
         batch = {"image": train_x[idx], "label": train_y[idx], "index": idx}
         loss, _ = method.training_loss(batch, torch.Generator().manual_seed(step))
