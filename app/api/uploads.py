@@ -65,6 +65,7 @@ class _Parser:
         self._text: bytearray | None = None
         self._file: UploadedFile | None = None
         self._fh: IO[bytes] | None = None
+        self.ended = False  # the closing boundary was seen
 
     # python-multipart callbacks --------------------------------------------------------------
     def on_part_begin(self) -> None:
@@ -124,6 +125,9 @@ class _Parser:
             self.form.fields.setdefault(self._name, []).append(value)
             self._text = None
 
+    def on_end(self) -> None:
+        self.ended = True
+
     def close(self) -> None:
         if self._fh is not None:
             self._fh.close()
@@ -164,6 +168,7 @@ async def read_multipart(
             "on_header_value",
             "on_header_end",
             "on_headers_finished",
+            "on_end",
         )
     }
     parser = MultipartParser(params[b"boundary"], callbacks)
@@ -175,6 +180,8 @@ async def read_multipart(
                 raise ApiError(413, "too_large", f"the upload exceeds {max_bytes} bytes")
             parser.write(chunk)
         parser.finalize()
+        if not handler.ended:  # a truncated body must not pass for a complete upload
+            raise FormParserError("no closing boundary")
     except FormParserError:
         handler.close()
         form.cleanup()

@@ -118,7 +118,8 @@ class SafeZip:
         self._members: dict[str, zipfile.ZipInfo] = {}
         declared = 0
         for info in infos:
-            name = check_member_name(info.filename)
+            # zipfile cuts ``filename`` at the first NUL; ``orig_filename`` is the name as stored.
+            name = check_member_name(info.orig_filename)
             mode = info.external_attr >> 16
             if stat.S_ISLNK(mode):
                 raise ArchiveError("invalid_dataset", f"{name}: symbolic links are not allowed")
