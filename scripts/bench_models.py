@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -57,7 +56,21 @@ class RandomImages(torch.utils.data.Dataset[dict[str, Any]]):
         return {"image": image, "label": index % len(self.class_names), "index": index}
 
 
+def interleaved_medians(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median seconds per callable, run round-robin after one warm-up each, so drift hits all alike."""
+    for run in runs.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def bench_qkv(args: argparse.Namespace) -> dict[str, Any]:
+    """Both designs are built first and their steps interleaved, so load drift hits both alike."""
     backbone = load_backbone(BackboneSpec(family="open_clip", arch="ViT-B-16", weights="random", kind="clip"))
     classes = [f"class number {i}" for i in range(args.classes)]
     images = torch.rand(args.clip_batch, 3, 224, 224)
@@ -66,7 +79,8 @@ def bench_qkv(args: argparse.Namespace) -> dict[str, Any]:
         "label": torch.arange(args.clip_batch) % len(classes),
         "index": torch.arange(args.clip_batch),
     }
-    result: dict[str, Any] = {"batch": args.clip_batch, "classes": args.classes}
+    steps: dict[str, Callable[[], None]] = {}
+    result: dict[str, Any] = {"batch": args.clip_batch, "classes": args.classes, "prompt_tokens": 4}
     for design in ("shared", "qkv"):
         cfg = {
             "text_design": design,
@@ -85,8 +99,10 @@ def bench_qkv(args: argparse.Namespace) -> dict[str, Any]:
             loss.backward()
             opt.step()
 
-        result[f"{design}_step_s"] = median_seconds(step, args.repeats)
+        steps[design] = step
         result[f"{design}_trainable"] = sum(p.numel() for p in method.learned_parameters().values())
+    for name, seconds in interleaved_medians(steps, args.repeats).items():
+        result[f"{name}_step_s"] = seconds
     result["qkv_over_shared"] = result["qkv_step_s"] / result["shared_step_s"]
     return result
 
@@ -118,13 +134,11 @@ def bench_step(args: argparse.Namespace) -> dict[str, Any]:
         with torch.inference_mode():
             method(images)
 
-    result = {
-        "batch": args.batch,
-        "prompts_per_layer": args.prompts,
-        "plain_forward_s": median_seconds(plain_forward, args.repeats),
-        "prompted_forward_s": median_seconds(prompted_forward, args.repeats),
-        "step_s": median_seconds(step, args.repeats),
-    }
+    times = interleaved_medians(
+        {"plain_forward_s": plain_forward, "prompted_forward_s": prompted_forward, "step_s": step},
+        args.repeats,
+    )
+    result: dict[str, Any] = {"batch": args.batch, "prompts_per_layer": args.prompts, **times}
     result["step_over_plain_forward"] = result["step_s"] / result["plain_forward_s"]
     result["step_over_prompted_forward"] = result["step_s"] / result["prompted_forward_s"]
     return result
@@ -140,25 +154,30 @@ def bench_init(args: argparse.Namespace) -> dict[str, Any]:
             for start in range(0, len(images), args.batch):
                 backbone.model(images[start : start + args.batch])
 
-    result: dict[str, Any] = {
-        "images": args.init_images,
-        "forward_s": median_seconds(forward_all, args.repeats),
-    }
+    runs: dict[str, Callable[[], Any]] = {"forward": forward_all}
     for init in ("random", "mean-pool", "max-pool", "kmeans"):
-        method = build_method(
-            "spt",
-            backbone,
-            {
-                "mode": "deep",
-                "init": init,
-                "init_batch_size": args.batch,
-                "init_max_images": args.init_images,
-            },
-            data.class_names,
-        )
-        result[f"{init}_s"] = median_seconds(partial(method.prepare, data, seed=0), args.repeats)
-        result[f"{init}_over_forward"] = result[f"{init}_s"] / result["forward_s"]
+        config = {
+            "mode": "deep",
+            "init": init,
+            "init_batch_size": args.batch,
+            "init_max_images": args.init_images,
+        }
+        runs[init] = partial(build_method("spt", backbone, config, data.class_names).prepare, data, seed=0)
+    times = interleaved_medians(runs, args.repeats)
+    result: dict[str, Any] = {"images": args.init_images, "batch": args.batch, "forward_s": times["forward"]}
+    for init in ("random", "mean-pool", "max-pool", "kmeans"):
+        result[f"{init}_s"] = times[init]
+        result[f"{init}_over_forward"] = times[init] / times["forward"]
     return result
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM). ru_maxrss is useless here: Linux keeps it across execve."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def init_memory_child(images: int) -> dict[str, Any]:
@@ -177,15 +196,17 @@ def init_memory_child(images: int) -> dict[str, Any]:
         {"mode": "deep", "init": "random", "init_max_images": images, "init_batch_size": 128},
         data.class_names,
     )
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with open("/proc/self/clear_refs", "w") as fh:  # reset VmHWM to the current RSS
+        fh.write("5")
+    before = _peak_rss_mb()
     start = time.perf_counter()
     method.prepare(data, seed=0)
     stats = getattr(method, "prototype_stats", {})
     return {
         "images": images,
         "seconds": time.perf_counter() - start,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "rss_before_init_mb": base_rss / 1024,
+        "rss_before_init_mb": before,
+        "peak_rss_during_init_mb": _peak_rss_mb(),
         "peak_held_rows": stats.get("peak_held_rows"),
         "peak_held_bytes": stats.get("peak_held_bytes"),
     }

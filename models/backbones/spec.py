@@ -77,6 +77,7 @@ class Preprocessing:
     std: tuple[float, float, float]
     resize_mode: str = "shortest"  # resize the shorter side then centre-crop
     interpolation: str = "bicubic"
+    crop_pct: float = 1.0  # centre crop fraction (timm: resize to size / crop_pct, then crop size)
 
 
 @dataclasses.dataclass

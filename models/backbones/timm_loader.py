@@ -307,5 +307,6 @@ def _preprocessing(model: nn.Module, spec: BackboneSpec, *, file_weights: bool) 
         std=tuple(float(v) for v in cfg["std"]),  # type: ignore[arg-type]
         resize_mode="shortest",
         interpolation=str(cfg["interpolation"]),
+        crop_pct=float(cfg.get("crop_pct", 1.0)),
     )
     return preprocessing, transform
