@@ -11,7 +11,7 @@ from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
 from app.api.errors import ApiError, not_found
 from app.api.uploads import multipart_openapi, read_multipart
 from app.db import repo
-from app.db.tables import new_id
+from app.db.tables import Dataset, new_id
 from app.ingest.archive import ArchiveLimits
 from app.ingest.datasets import DatasetRejected, IngestLimits, ingest_archive
 from app.schemas import DatasetPublic, ErrorResponse
@@ -68,10 +68,12 @@ async def create_dataset(
                 result = await run_in_threadpool(ingest_archive, upload.path, work / "dataset", limits)
             except DatasetRejected as exc:
                 raise ApiError(_STATUS.get(exc.code, 422), exc.code, exc.message, param="file") from None
+
             # Files first, the row last: a failure leaves no row pointing at missing files, and a
             # failed request removes whatever it had stored.
-            try:
-                await run_in_threadpool(storage.put_dir, prefix, work / "dataset")
+            # Database work runs in the threadpool like the storage I/O: a blocking call on the event
+            # loop would deadlock it once concurrent requests exhaust the connection pool.
+            def store_row() -> Dataset:
                 row = repo.create_dataset(
                     session=session,
                     tenant_id=tenant.id,
@@ -86,8 +88,13 @@ async def create_dataset(
                     storage_key=prefix,
                 )
                 session.commit()
+                return row
+
+            try:
+                await run_in_threadpool(storage.put_dir, prefix, work / "dataset")
+                row = await run_in_threadpool(store_row)
             except BaseException:
-                session.rollback()
+                await run_in_threadpool(session.rollback)
                 await run_in_threadpool(storage.delete_prefix, prefix)
                 raise
         return DatasetPublic.model_validate(row)

@@ -40,7 +40,7 @@ _CONFIG_STATUS = {"not_found": 404}
         429: {"model": ErrorResponse},
     },
 )
-async def create_job(
+def create_job(
     body: JobCreate,
     request: Request,
     response: Response,
@@ -96,7 +96,7 @@ async def create_job(
     if not created:
         response.status_code = 200
         return JobPublic.from_row(job)
-    await run_in_threadpool(_enqueue, request, job.id)
+    _enqueue(request, job.id)
     return JobPublic.from_row(job)
 
 

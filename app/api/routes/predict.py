@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -100,8 +101,9 @@ async def zero_shot(
 
     row = checkpoint = None
     if model_id is not None:
-        row, checkpoint = ready_model(
-            session=session, tenant_id=tenant.id, model_id=model_id, storage=storage
+        # In the threadpool: a blocking database call on the event loop can deadlock it under load.
+        row, checkpoint = await run_in_threadpool(
+            partial(ready_model, session=session, tenant_id=tenant.id, model_id=model_id, storage=storage)
         )
         if row.method != "rpp":
             raise ApiError(422, "invalid_request", "model_id must be an RPP model", param="model_id")

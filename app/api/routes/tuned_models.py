@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
@@ -101,8 +103,16 @@ async def predict(
     registry: RegistryDep,
     inference: InferenceDep,
 ) -> dict[str, object]:
-    row, checkpoint = ready_model(
-        session=session, tenant_id=tenant.id, model_id=model_id, storage=storage, param="model_id"
+    # In the threadpool: a blocking database call on the event loop can deadlock it under load.
+    row, checkpoint = await run_in_threadpool(
+        partial(
+            ready_model,
+            session=session,
+            tenant_id=tenant.id,
+            model_id=model_id,
+            storage=storage,
+            param="model_id",
+        )
     )
     form = await read_multipart(
         request,
