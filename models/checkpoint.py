@@ -30,6 +30,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
+from .backbones.weights import sha256_file
 from .errors import CheckpointError, ConfigError, WeightsIntegrityError
 
 if TYPE_CHECKING:
@@ -69,7 +70,6 @@ _DTYPE_BYTES = {
     "BOOL": 1,
 }
 _FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
-_CHUNK = 1 << 20
 
 
 # ---- small I/O helpers (shared with the engine's resume state) ----------------------------------
@@ -77,12 +77,7 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_path(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+sha256_path = sha256_file  # one streamed file hash for weights, checkpoints and resume states
 
 
 def _fsync_dir(path: Path) -> None:

@@ -15,8 +15,8 @@ contending writer waits on ``busy_timeout`` instead of failing with "database is
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -24,7 +24,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from app.db.session import session_factory
+from app.db.session import session_factory, transaction
 from app.db.tables import Dataset, Job, JobEvent, TunedModel, new_id, utcnow
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -90,17 +90,8 @@ class JobStore:
         self._sessions = session_factory(database_url)
         self._clock = clock
 
-    @contextmanager
-    def _tx(self) -> Iterator[Session]:
-        session = self._sessions()
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
+    def _tx(self) -> AbstractContextManager[Session]:
+        return transaction(self._sessions)
 
     def now(self) -> datetime:
         return self._clock()

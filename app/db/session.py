@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -42,9 +42,9 @@ def session_factory(url: str) -> sessionmaker[Session]:
 
 
 @contextmanager
-def session_scope(url: str) -> Iterator[Session]:
-    """A transaction: commit on success, roll back on error."""
-    session = session_factory(url)()
+def transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """A session in one transaction: commit on success, roll back on error, always closed."""
+    session = sessions()
     try:
         yield session
         session.commit()
@@ -53,3 +53,8 @@ def session_scope(url: str) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def session_scope(url: str) -> AbstractContextManager[Session]:
+    """A transaction on the database at ``url``."""
+    return transaction(session_factory(url))
