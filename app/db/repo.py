@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -30,6 +30,23 @@ class IdempotencyConflict(Exception):
 
 class InvalidTransition(Exception):
     """The job is in a state that does not allow the requested change."""
+
+
+Owned = TypeVar("Owned", Dataset, Job, TunedModel)
+
+
+def _owned_page(
+    session: Session, table: type[Owned], tenant_id: str, limit: int, offset: int, *conditions: Any
+) -> Sequence[Owned]:
+    """One page of a tenant's rows, newest first (id breaks ties so pages are stable)."""
+    query = (
+        select(table)
+        .where(table.tenant_id == tenant_id, *conditions)
+        .order_by(table.created_at.desc(), table.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    return session.scalars(query).all()
 
 
 # ---- tenants and keys ----------------------------------------------------------------------------
@@ -108,14 +125,7 @@ def create_dataset(*, session: Session, tenant_id: str, **values: Any) -> Datase
 def list_datasets(
     *, session: Session, tenant_id: str, limit: int = 100, offset: int = 0
 ) -> Sequence[Dataset]:
-    query = (
-        select(Dataset)
-        .where(Dataset.tenant_id == tenant_id)
-        .order_by(Dataset.created_at.desc(), Dataset.id)
-        .limit(limit)
-        .offset(offset)
-    )
-    return session.scalars(query).all()
+    return _owned_page(session, Dataset, tenant_id, limit, offset)
 
 
 def get_dataset(*, session: Session, tenant_id: str, dataset_id: str) -> Dataset | None:
@@ -220,11 +230,8 @@ def get_job(*, session: Session, tenant_id: str, job_id: str) -> Job | None:
 def list_jobs(
     *, session: Session, tenant_id: str, status: str | None = None, limit: int = 100, offset: int = 0
 ) -> Sequence[Job]:
-    query = select(Job).where(Job.tenant_id == tenant_id)
-    if status is not None:
-        query = query.where(Job.status == status)
-    query = query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
-    return session.scalars(query).all()
+    conditions = () if status is None else (Job.status == status,)
+    return _owned_page(session, Job, tenant_id, limit, offset, *conditions)
 
 
 def count_active_jobs(*, session: Session, tenant_id: str) -> int:
@@ -312,14 +319,7 @@ def count_jobs_by_status(*, session: Session) -> dict[str, int]:
 def list_models(
     *, session: Session, tenant_id: str, limit: int = 100, offset: int = 0
 ) -> Sequence[TunedModel]:
-    query = (
-        select(TunedModel)
-        .where(TunedModel.tenant_id == tenant_id)
-        .order_by(TunedModel.created_at.desc(), TunedModel.id)
-        .limit(limit)
-        .offset(offset)
-    )
-    return session.scalars(query).all()
+    return _owned_page(session, TunedModel, tenant_id, limit, offset)
 
 
 def get_model(*, session: Session, tenant_id: str, model_id: str) -> TunedModel | None:
