@@ -79,11 +79,20 @@ class InferenceCache:
         return self.backbones.get_or_load(("backbone", _spec_key(spec)), lambda: load_backbone(spec))
 
     def tuned_method(self, *, model_id: str, sha256: str, checkpoint_path: str, spec: BackboneSpec) -> Any:
-        """A tuned method from its checkpoint (sha256 verified on load), on the cached backbone."""
-        from models import load_checkpoint
+        """A tuned method from its checkpoint, on the cached backbone.
+
+        The checkpoint is verified first (sha256, then its header and metadata), both cheap, and only then
+        is the backbone loaded: a tampered or torn file never costs a backbone load.
+        """
+        from models import load_checkpoint, read_checkpoint_metadata
+        from models.backbones.weights import verify_sha256
 
         def load() -> Any:
-            method = load_checkpoint(checkpoint_path, backbone=self.backbone(spec), expected_sha256=sha256)
+            verify_sha256(checkpoint_path, sha256)
+            read_checkpoint_metadata(checkpoint_path)
+            backbone = self.backbone(spec)
+            # load_checkpoint hashes the file again: it may have changed since the check above.
+            method = load_checkpoint(checkpoint_path, backbone=backbone, expected_sha256=sha256)
             method.eval()
             return method
 

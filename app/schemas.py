@@ -19,6 +19,11 @@ def _utc(value: datetime) -> datetime:
 
 Timestamp = Annotated[datetime, AfterValidator(_utc)]
 
+# The largest integer a query parameter may carry into SQL (found by schemathesis: larger ones were 500s).
+# SQLite overflows above 2**63 - 1 (offset); PostgreSQL compares the events cursor with job_events.id,
+# a 32-bit INTEGER. One bound for both: nobody pages past 2**31 rows.
+MAX_SQL_INTEGER = 2**31 - 1
+
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 ACTIVE_STATUSES: frozenset[str] = frozenset({"queued", "running"})

@@ -33,6 +33,28 @@ _STATUS_CODES = {
 }
 
 
+_RESPONSE_DESCRIPTIONS = {
+    400: "malformed request body",
+    401: "missing, malformed or revoked API key",
+    404: "no such object for this tenant",
+    409: "the object's state does not allow this",
+    413: "request body or a file in it is too large",
+    415: "wrong request content type",
+    422: "invalid request",
+    429: "too many jobs",
+    503: "a dependency (e.g. backbone weights) is unavailable",
+}
+
+
+def error_responses(*status_codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` documenting our error body for each status code (routers and routes)."""
+    from app.schemas import ErrorResponse
+
+    return {
+        code: {"model": ErrorResponse, "description": _RESPONSE_DESCRIPTIONS[code]} for code in status_codes
+    }
+
+
 class ApiError(Exception):
     """Raised by routes and dependencies; rendered by :func:`install_error_handlers`."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,9 @@ from app.ingest.images import ImageRejected, decode_image
 from app.settings import Settings
 from app.storage import Storage, StorageError
 from models.backbones.spec import BackboneSpec
+
+log = logging.getLogger("promptune.api")
+CHECKPOINT_ERROR_CODES = ("checksum_mismatch", "invalid_checkpoint")
 
 
 def read_images(form: MultipartForm, settings: Settings) -> list[Image.Image]:
@@ -87,15 +91,34 @@ def model_backbone_spec(row: TunedModel, checkpoint: Path, registry: BackboneReg
     return BackboneSpec.from_dict(meta["backbone"])
 
 
-def library_error(exc: Exception) -> ApiError:
-    """Map a models.errors.PromptuneError raised while loading/predicting to an API error."""
+def library_error(exc: Exception, *, model_id: str | None = None) -> ApiError:
+    """Map a models.errors.PromptuneError raised while loading/predicting to an API error.
+
+    A refused checkpoint (sha256 mismatch, torn or malformed file) of ``model_id`` is also logged as an
+    error naming the model, so that operators see tampering or storage corruption.
+    """
     from models.errors import WeightsNotFoundError
 
     code = getattr(exc, "code", "internal")
     message = getattr(exc, "message", str(exc))
+    if model_id is not None and code in CHECKPOINT_ERROR_CODES:
+        log.error("checkpoint of model %s refused (%s): %s", model_id, code, message)
     if isinstance(exc, WeightsNotFoundError):
         return ApiError(503, code, message)
     return ApiError(409, code, message)
+
+
+def verify_stored_checkpoint(row: TunedModel, path: Path) -> None:
+    """409 ``checksum_mismatch`` / ``invalid_checkpoint`` unless the stored file is the one recorded."""
+    from models import read_checkpoint_metadata
+    from models.backbones.weights import verify_sha256
+    from models.errors import PromptuneError
+
+    try:
+        verify_sha256(path, row.checkpoint_sha256)
+        read_checkpoint_metadata(path)
+    except PromptuneError as exc:
+        raise library_error(exc, model_id=row.id) from None
 
 
 def as_predictions(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -335,6 +335,14 @@ def create_model(*, session: Session, tenant_id: str, **values: Any) -> TunedMod
     return row
 
 
+def model_in_use(*, session: Session, tenant_id: str, model_id: str) -> bool:
+    """Whether a queued or running job of the tenant names ``model_id`` in its ``config.init_from``."""
+    configs = session.scalars(
+        select(Job.config).where(Job.tenant_id == tenant_id, Job.status.in_(ACTIVE))
+    ).all()  # at most the tenant's concurrent-job cap; JSON paths differ between SQLite and PostgreSQL
+    return any(isinstance(config, dict) and config.get("init_from") == model_id for config in configs)
+
+
 def delete_model(*, session: Session, tenant_id: str, model_id: str) -> None:
     row = get_model(session=session, tenant_id=tenant_id, model_id=model_id)
     if row is not None:

@@ -6,10 +6,11 @@ from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import RegistryDep, TenantDep
+from app.api.errors import error_responses
 from app.backbones import weights_available
 from app.schemas import BackbonePublic
 
-router = APIRouter(prefix="/v1/backbones", tags=["backbones"])
+router = APIRouter(prefix="/v1/backbones", tags=["backbones"], responses=error_responses(401))
 
 
 @router.get("", response_model=list[BackbonePublic])

@@ -8,16 +8,16 @@ from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
-from app.api.errors import ApiError, not_found
+from app.api.errors import ApiError, error_responses, not_found
 from app.api.uploads import multipart_openapi, read_multipart
 from app.db import repo
 from app.db.tables import Dataset, new_id
 from app.ingest.archive import ArchiveLimits
 from app.ingest.datasets import DatasetRejected, IngestLimits, ingest_archive
-from app.schemas import DatasetPublic, ErrorResponse
+from app.schemas import MAX_SQL_INTEGER, DatasetPublic, ErrorResponse
 from app.storage import dataset_prefix, temp_dir
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=error_responses(401, 422))
 
 _STATUS = {"too_large": 413}
 _UPLOAD_DOC = multipart_openapi(
@@ -43,7 +43,7 @@ def _dataset_name(given: str | None, filename: str) -> str:
     status_code=201,
     response_model=DatasetPublic,
     openapi_extra=_UPLOAD_DOC,
-    responses={413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    responses=error_responses(400, 413, 415, 422),
 )
 async def create_dataset(
     request: Request, session: SessionDep, tenant: TenantDep, settings: SettingsDep, storage: StorageDep
@@ -107,7 +107,7 @@ def list_datasets(
     session: SessionDep,
     tenant: TenantDep,
     limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_SQL_INTEGER),
 ) -> list[DatasetPublic]:
     rows = repo.list_datasets(session=session, tenant_id=tenant.id, limit=limit, offset=offset)
     return [DatasetPublic.model_validate(row) for row in rows]

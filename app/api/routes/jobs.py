@@ -14,14 +14,22 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import RegistryDep, SessionDep, SettingsDep, TenantDep
-from app.api.errors import ApiError, not_found
+from app.api.errors import ApiError, error_responses, not_found
 from app.db import repo
 from app.db.tables import Job
 from app.job_config import JobConfigError, build_plan
-from app.schemas import TERMINAL_STATUSES, ErrorResponse, JobCreate, JobEventPublic, JobPublic, JobStatus
+from app.schemas import (
+    MAX_SQL_INTEGER,
+    TERMINAL_STATUSES,
+    ErrorResponse,
+    JobCreate,
+    JobEventPublic,
+    JobPublic,
+    JobStatus,
+)
 
 log = logging.getLogger("promptune.api")
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 422))
 
 SSE_POLL_SECONDS = 0.5
 SSE_KEEPALIVE_SECONDS = 15.0
@@ -34,10 +42,7 @@ _CONFIG_STATUS = {"not_found": 404}
     response_model=JobPublic,
     responses={
         200: {"model": JobPublic, "description": "a retried create with the same Idempotency-Key"},
-        404: {"model": ErrorResponse},
-        409: {"model": ErrorResponse},
-        422: {"model": ErrorResponse},
-        429: {"model": ErrorResponse},
+        **error_responses(400, 404, 409, 422, 429),
     },
 )
 def create_job(
@@ -142,7 +147,7 @@ def list_jobs(
     tenant: TenantDep,
     status: JobStatus | None = None,
     limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_SQL_INTEGER),
 ) -> list[JobPublic]:
     rows = repo.list_jobs(session=session, tenant_id=tenant.id, status=status, limit=limit, offset=offset)
     return [JobPublic.from_row(row) for row in rows]
@@ -187,7 +192,7 @@ def job_events(
     request: Request,
     session: SessionDep,
     tenant: TenantDep,
-    after: int = Query(0, ge=0, description="only events with a larger id"),
+    after: int = Query(0, ge=0, le=MAX_SQL_INTEGER, description="only events with a larger id"),
     limit: int = Query(1000, ge=1, le=10000),
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> object:
@@ -195,8 +200,8 @@ def job_events(
     if job is None:
         raise not_found("job", "job_id")
     if "text/event-stream" in request.headers.get("accept", ""):
-        if last_event_id is not None and last_event_id.isdigit():
-            after = max(after, int(last_event_id))
+        if last_event_id is not None and last_event_id.isascii() and last_event_id.isdigit():
+            after = max(after, min(int(last_event_id), MAX_SQL_INTEGER))
         return StreamingResponse(
             _event_stream(request, job_id, after),
             media_type="text/event-stream",

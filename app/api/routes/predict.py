@@ -10,15 +10,15 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import InferenceDep, RegistryDep, SessionDep, SettingsDep, StorageDep, TenantDep
-from app.api.errors import ApiError
+from app.api.errors import ApiError, error_responses
 from app.api.predicting import as_predictions, library_error, parse_top_k, read_images, ready_model
 from app.api.uploads import MultipartForm, multipart_openapi, read_multipart
 from app.inference import predict_zero_shot
 from app.job_config import JobConfigError, resolve_backbone
-from app.schemas import ErrorResponse, PredictionResponse
+from app.schemas import PredictionResponse
 from models.errors import PromptuneError
 
-router = APIRouter(prefix="/v1/predict", tags=["predict"])
+router = APIRouter(prefix="/v1/predict", tags=["predict"], responses=error_responses(401, 422))
 
 MAX_CLASSES = 1000
 MAX_TEMPLATES = 64
@@ -67,7 +67,7 @@ def _json_list(form: MultipartForm, name: str, *, required: bool, limit: int) ->
     "/zero-shot",
     response_model=PredictionResponse,
     openapi_extra=_DOC,
-    responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    responses=error_responses(400, 404, 409, 413, 415, 422, 503),
 )
 async def zero_shot(
     request: Request,
@@ -145,4 +145,4 @@ async def zero_shot(
     try:
         return as_predictions(await run_in_threadpool(run))
     except PromptuneError as exc:
-        raise library_error(exc) from None
+        raise library_error(exc, model_id=row.id if row is not None else None) from None

@@ -9,7 +9,7 @@ from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import InferenceDep, RegistryDep, SessionDep, SettingsDep, StorageDep, TenantDep
-from app.api.errors import not_found
+from app.api.errors import ApiError, error_responses, not_found
 from app.api.predicting import (
     as_predictions,
     library_error,
@@ -17,14 +17,15 @@ from app.api.predicting import (
     parse_top_k,
     read_images,
     ready_model,
+    verify_stored_checkpoint,
 )
 from app.api.uploads import multipart_openapi, read_multipart
 from app.db import repo
 from app.inference import predict_tuned
-from app.schemas import ErrorResponse, PredictionResponse, TunedModelPublic
+from app.schemas import MAX_SQL_INTEGER, ErrorResponse, PredictionResponse, TunedModelPublic
 from models.errors import PromptuneError
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=error_responses(401, 422))
 
 _PREDICT_DOC = multipart_openapi(
     {
@@ -40,7 +41,7 @@ def list_models(
     session: SessionDep,
     tenant: TenantDep,
     limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_SQL_INTEGER),
 ) -> list[TunedModelPublic]:
     rows = repo.list_models(session=session, tenant_id=tenant.id, limit=limit, offset=offset)
     return [TunedModelPublic.model_validate(row) for row in rows]
@@ -67,6 +68,7 @@ def download_checkpoint(
     model_id: str, session: SessionDep, tenant: TenantDep, storage: StorageDep
 ) -> FileResponse:
     row, path = ready_model(session=session, tenant_id=tenant.id, model_id=model_id, storage=storage)
+    verify_stored_checkpoint(row, path)  # never hand out torn or tampered bytes
     return FileResponse(
         path,
         media_type="application/octet-stream",
@@ -75,11 +77,18 @@ def download_checkpoint(
     )
 
 
-@router.delete("/{model_id}", status_code=204, responses={404: {"model": ErrorResponse}})
+@router.delete("/{model_id}", status_code=204, responses=error_responses(404, 409))
 def delete_model(model_id: str, session: SessionDep, tenant: TenantDep, storage: StorageDep) -> Response:
     row = repo.get_model(session=session, tenant_id=tenant.id, model_id=model_id)
     if row is None:
         raise not_found("model", "model_id")
+    if repo.model_in_use(session=session, tenant_id=tenant.id, model_id=model_id):
+        raise ApiError(
+            409,
+            "model_in_use",
+            "a queued or running job starts from this model (init_from)",
+            param="model_id",
+        )
     key = row.checkpoint_key
     repo.delete_model(session=session, tenant_id=tenant.id, model_id=model_id)
     session.commit()
@@ -91,7 +100,7 @@ def delete_model(model_id: str, session: SessionDep, tenant: TenantDep, storage:
     "/{model_id}/predict",
     response_model=PredictionResponse,
     openapi_extra=_PREDICT_DOC,
-    responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    responses=error_responses(400, 404, 409, 413, 415, 422, 503),
 )
 async def predict(
     model_id: str,
@@ -137,4 +146,4 @@ async def predict(
     try:
         return as_predictions(await run_in_threadpool(run))
     except PromptuneError as exc:
-        raise library_error(exc) from None
+        raise library_error(exc, model_id=row.id) from None
