@@ -45,6 +45,7 @@ from .errors import (
     DataError,
     PromptuneError,
     TrainingCancelled,
+    TrainingPaused,
     WeightsIntegrityError,
     WeightsNotFoundError,
 )
@@ -95,6 +96,7 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "TrainingCancelled",
+    "TrainingPaused",
     "TunedPredictor",
     "WeightsIntegrityError",
     "WeightsNotFoundError",

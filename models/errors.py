@@ -55,3 +55,13 @@ class TrainingCancelled(PromptuneError):
     """Raised by the training engine when cooperative cancellation was requested."""
 
     code = "cancelled_by_user"
+
+
+class TrainingPaused(PromptuneError):
+    """Raised by the training engine after ``should_pause`` asked it to stop with a resume state.
+
+    Unlike :class:`TrainingCancelled`, the engine first writes a resume state at the current step,
+    so a later ``fit()`` on the same ``work_dir`` continues exactly there (nothing is recomputed).
+    """
+
+    code = "paused"

@@ -9,6 +9,9 @@ Reliability settings follow Celery's own caveats (docs: tasks.rst "acks_late", r
   reads it) so Redis never hands a still-running job to a second worker; the lease guards anyway.
 - JSON only: a message is ``{"args": [job_id]}``, nothing a client could make Celery unpickle.
 
+On SIGTERM a running job is handed back at its next training step (worker/shutdown.py) rather
+than run to completion, so the worker exits within one step of the signal.
+
 Start a worker with ``promptune worker`` or ``celery -A worker.celery_app worker -Q jobs``. The
 worker's main process also runs the reaper thread (worker/reaper.py): no celery beat needed.
 """
@@ -18,9 +21,10 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery.signals import worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
 
 from app.settings import Settings, get_settings
+from worker import shutdown
 
 JOBS_QUEUE = "jobs"
 RUN_JOB_TASK = "promptune.run_job"
@@ -90,6 +94,7 @@ def _reset_db_pool_after_fork(**_: Any) -> None:
     from app.db.session import get_engine
 
     get_engine(get_settings().resolved_database_url).dispose(close=False)
+    shutdown.mark_pool_process()  # SIGTERM during a task: hand its job back (worker/shutdown.py)
 
 
 @worker_ready.connect
@@ -104,3 +109,11 @@ def _stop_reaper(**_: Any) -> None:
     from worker.reaper import stop_reaper_thread
 
     stop_reaper_thread()
+
+
+@worker_shutting_down.connect
+def _hand_back_running_jobs(how: str = "", **_: Any) -> None:
+    # Warm shutdown (SIGTERM): running jobs stop at their next step and go back to the queue
+    # instead of running to completion past the orchestrator's grace period (worker/shutdown.py).
+    if how == "Warm":
+        shutdown.forward_to_running_tasks()

@@ -29,6 +29,7 @@ def reap_once(
         enqueue = enqueue_job
     store = store or JobStore(settings.resolved_database_url)
     result = store.reap(queued_after_seconds=settings.queued_redeliver_after_seconds)
+    _clear_finished(settings, [*result.failed, *result.cancelled])
     for job_id in result.requeued:
         try:
             enqueue(job_id)
@@ -42,6 +43,21 @@ def reap_once(
             result.cancelled,
         )
     return result
+
+
+def _clear_finished(settings: Settings, job_ids: list[str]) -> None:
+    """Delete the stored resume state of jobs the reaper ended: nothing will resume them."""
+    if not job_ids:
+        return
+    from app.storage import make_storage
+    from worker.sync import ResumeSync
+
+    storage = make_storage(settings.storage_url, settings.data_dir)
+    for job_id in job_ids:
+        try:
+            ResumeSync(storage, job_id).clear()
+        except Exception as exc:  # noqa: BLE001 - storage unavailable: the job's state stays; harmless
+            log.warning("reaper: could not delete the resume state of job %s: %s", job_id, exc)
 
 
 class ReaperThread(threading.Thread):

@@ -14,6 +14,10 @@ A Celery delivery calls :func:`run_job`. The database decides what happens (work
 4. errors map to ``error.code``: the models library's codes (invalid_dataset, invalid_config,
    weights_not_found, checksum_mismatch, ...), ``timeout``, ``oom``, ``cancelled_by_user``;
    anything else is ``internal`` and the job is released for another attempt while attempts remain.
+5. a worker shutting down (SIGTERM, worker/shutdown.py) stops at the next training step with a resume
+   state and hands the job back (queued, the attempt not counted, a new message sent).
+The lease heartbeat and trainer callbacks live in worker/reporting.py, the storage mirror of the
+resume state in worker/sync.py, the error mapping in worker/errors.py.
 """
 
 from __future__ import annotations
@@ -22,19 +26,20 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import shutil
 import socket
 import tempfile
-import threading
-import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.settings import Settings, get_settings
-from app.storage import Storage, job_prefix, make_storage, model_key
+from app.storage import Storage, make_storage, model_key
+from worker import shutdown
+from worker.errors import classify_error
+from worker.reporting import JobReporter, LeaseKeeper, LeaseLost, jsonable
 from worker.state import JobSpec, JobStore, Lease
+from worker.sync import ResumeSync
 
 if TYPE_CHECKING:
     from models import TrainConfig
@@ -42,15 +47,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PROGRESS_WRITE_SECONDS = 0.5  # jobs.progress at most twice a second
-PROGRESS_EVENT_SECONDS = 2.0  # a progress event at most every 2 s
-CANCEL_POLL_SECONDS = 1.0  # jobs.cancel_requested read at most once a second
 RETRY_DELAY_SECONDS = 10.0  # countdown before a released job is delivered again
-_STATE_NAME = re.compile(r"^state[A-Za-z0-9._-]*\.(json|safetensors)$")
 
-
-class LeaseLost(Exception):
-    """Another worker owns the job now; stop without writing anything."""
+__all__ = ["JobRun", "LeaseLost", "RunOutcome", "classify_error", "run_job"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +57,8 @@ class RunOutcome:
     """What happened to one delivery (the Celery task's result)."""
 
     job_id: str
-    outcome: str  # succeeded | failed | cancelled | released | busy | finished | missing | exhausted | lost
+    # succeeded | failed | cancelled | released | handed_back | busy | finished | missing | exhausted | lost
+    outcome: str
     error_code: str | None = None
     retry_in: float | None = None  # set when the job was released for another attempt
 
@@ -68,197 +68,6 @@ class RunOutcome:
 
 def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-# ---- error mapping ------------------------------------------------------------------------------
-def classify_error(exc: BaseException) -> tuple[str, str, bool]:
-    """``(code, message, retryable)`` for an exception raised while running a job."""
-    from app.job_config import JobConfigError
-    from models.errors import PromptuneError
-
-    if isinstance(exc, PromptuneError):
-        return exc.code, str(exc), False
-    if isinstance(exc, JobConfigError):  # the server's registry or limits changed since the job was created
-        return exc.code, exc.message, False
-    if _is_soft_time_limit(exc):
-        return "timeout", "the job exceeded its time limit", False
-    if _is_oom(exc):
-        return "oom", f"out of memory ({type(exc).__name__})", False
-    # security: no internal paths or tracebacks in the API-visible message; the worker log has them.
-    return "internal", f"internal error ({type(exc).__name__})", True
-
-
-def _is_soft_time_limit(exc: BaseException) -> bool:
-    try:
-        from celery.exceptions import SoftTimeLimitExceeded
-    except ImportError:  # pragma: no cover - celery is a hard dependency
-        return False
-    return isinstance(exc, SoftTimeLimitExceeded)
-
-
-def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, MemoryError):
-        return True
-    import torch
-
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and (
-        "out of memory" in str(exc) or "can't allocate memory" in str(exc)
-    )
-
-
-# ---- the lease ------------------------------------------------------------------------------------
-class LeaseKeeper(threading.Thread):
-    """Renews the lease every ``lease_seconds / 3``; sets ``lost`` when the job is no longer ours."""
-
-    def __init__(self, store: JobStore, lease: Lease, lease_seconds: float) -> None:
-        super().__init__(name=f"lease-{lease.job_id[:8]}", daemon=True)
-        self.store, self.lease, self.lease_seconds = store, lease, lease_seconds
-        self.lost = threading.Event()
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop_event.wait(self.lease_seconds / 3):
-            try:
-                if not self.store.heartbeat(self.lease, lease_seconds=self.lease_seconds):
-                    log.warning("job %s: lease lost; stopping", self.lease.job_id)
-                    self.lost.set()
-                    return
-            except Exception:  # noqa: BLE001 - database briefly unreachable: try again next beat
-                log.exception("job %s: heartbeat failed", self.lease.job_id)
-
-    def stop(self) -> None:
-        self._stop_event.set()
-
-
-# ---- resume state <-> storage ----------------------------------------------------------------------
-class ResumeSync:
-    """Mirrors the trainer's resume state (``work_dir``) to storage ``jobs/<job_id>/``.
-
-    Tensor files go first, the JSON documents last, then ``index.json`` naming the files: a reader
-    never sees an index pointing at a file that is not there yet. The trainer's own sha256 check
-    (models/engine/state.py) catches anything torn.
-    """
-
-    def __init__(self, storage: Storage, job_id: str) -> None:
-        self.storage = storage
-        self.prefix = job_prefix(job_id)
-        self._pushed: set[str] = set()
-
-    def pull(self, work_dir: Path) -> bool:
-        """Copy the stored state into ``work_dir``; False when there is none."""
-        index_key = f"{self.prefix}/index.json"
-        if not self.storage.exists(index_key):
-            return False
-        names = [n for n in json.loads(self.storage.read_bytes(index_key))["files"] if _STATE_NAME.match(n)]
-        work_dir.mkdir(parents=True, exist_ok=True)
-        for name in names:
-            with self.storage.open(f"{self.prefix}/{name}") as src, open(work_dir / name, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-        self._pushed = set(names)
-        return bool(names)
-
-    def push(self, work_dir: Path) -> None:
-        from models.engine import state_files
-
-        files = state_files(work_dir)
-        files.sort(key=lambda p: (p.suffix == ".json", p.name == "state.json"))
-        for path in files:
-            self.storage.put_file(f"{self.prefix}/{path.name}", path)
-        names = sorted(p.name for p in files)
-        self.storage.put_bytes(f"{self.prefix}/index.json", json.dumps({"files": names}).encode())
-        for stale in self._pushed - set(names):
-            self.storage.delete(f"{self.prefix}/{stale}")
-        self._pushed = set(names)
-
-    def clear(self) -> None:
-        self.storage.delete_prefix(self.prefix)
-
-
-# ---- training callbacks ---------------------------------------------------------------------------
-class JobReporter:
-    """Trainer callbacks: throttled progress, per-epoch metrics, resume-state upload, phase switch."""
-
-    def __init__(
-        self,
-        store: JobStore,
-        lease: Lease,
-        keeper: LeaseKeeper,
-        sync: ResumeSync,
-        work_dir: Path,
-        *,
-        phase: str,
-    ) -> None:
-        self.store, self.lease, self.keeper, self.sync, self.work_dir = store, lease, keeper, sync, work_dir
-        self.phase = phase
-        self._last_write = self._last_event = self._last_cancel_poll = float("-inf")
-        self._cancel = False
-
-    def _owned(self, ok: bool) -> None:
-        if not ok:
-            self.keeper.lost.set()
-            raise LeaseLost(self.lease.job_id)
-
-    def enter_training(self) -> None:
-        if self.phase != "training":
-            self.phase = "training"
-            self._owned(self.store.set_phase(self.lease, "training", "training"))
-
-    def on_progress(self, step: int, total_steps: int, logs: dict[str, Any]) -> None:
-        self.enter_training()
-        now = time.monotonic()
-        last = step >= total_steps
-        if not last and now - self._last_write < PROGRESS_WRITE_SECONDS:
-            return
-        self._last_write = now
-        event = last or now - self._last_event >= PROGRESS_EVENT_SECONDS
-        if event:
-            self._last_event = now
-        data = {
-            "step": step,
-            "total_steps": total_steps,
-            **{k: round(float(v), 6) for k, v in logs.items() if isinstance(v, int | float)},
-        }
-        self._owned(self.store.progress(self.lease, step / max(1, total_steps), data, event=event))
-
-    def on_epoch_end(self, epoch: int, metrics: dict[str, Any]) -> None:
-        self._owned(self.store.epoch_metrics(self.lease, {"epoch": epoch, **_jsonable(metrics)}))
-
-    def on_checkpoint(self, step: int, path: Any) -> None:
-        # Renew (and so re-check) the lease first: a worker that lost the job must never
-        # overwrite the new owner's resume state.
-        self._owned(
-            not self.keeper.lost.is_set()
-            and self.store.heartbeat(self.lease, lease_seconds=self.keeper.lease_seconds)
-        )
-        self.sync.push(self.work_dir)
-        if step == 0:  # written right after the method's prepare(): training starts now
-            self.enter_training()
-
-    def should_stop(self) -> bool:
-        if self.keeper.lost.is_set():
-            return True
-        now = time.monotonic()
-        if not self._cancel and now - self._last_cancel_poll >= CANCEL_POLL_SECONDS:
-            self._last_cancel_poll = now
-            self._cancel = self.store.cancel_requested(self.lease.job_id)
-        return self._cancel
-
-
-def _jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in metrics.items():
-        if isinstance(value, bool | int | str) or value is None:
-            out[key] = value
-        elif isinstance(value, float):
-            out[key] = round(value, 6)
-        else:
-            try:
-                out[key] = round(float(value), 6)
-            except (TypeError, ValueError):
-                out[key] = str(value)
-    return out
 
 
 # ---- the job -------------------------------------------------------------------------------------
@@ -291,24 +100,39 @@ class JobRun:
             keeper,
             spec,
         )
-        self.work_dir = Path(settings.data_dir).resolve() / "work" / spec.id
+        # One folder per attempt: a worker that lost its lease never writes into its successor's.
+        self.work_dir = Path(settings.data_dir).resolve() / "work" / f"{spec.id}-{lease.attempt}"
         self.sync = ResumeSync(storage, spec.id)
 
-    def _phase(self, phase: str, message: str) -> None:
-        if self.keeper.lost.is_set() or not self.store.set_phase(self.lease, phase, message):
+    def _phase(self, phase: str, message: str, data: dict[str, Any] | None = None) -> None:
+        from models.errors import TrainingCancelled, TrainingPaused
+
+        if self.keeper.lost.is_set() or not self.store.set_phase(self.lease, phase, message, data):
             self.keeper.lost.set()
             raise LeaseLost(self.lease.job_id)
         if self.store.cancel_requested(self.spec.id):
-            from models.errors import TrainingCancelled
-
             raise TrainingCancelled("cancelled before training")
+        if phase != "saving" and shutdown.requested():
+            raise TrainingPaused(f"the worker is shutting down (phase {phase})")
+
+    def saved_step(self) -> int | None:
+        """The step of the local resume state (None when there is none)."""
+        from models.engine import read_state
+
+        state = read_state(self.work_dir) if self.work_dir.is_dir() else None
+        return None if state is None else state.step
+
+    def cleanup(self, *, keep_resume_state: bool) -> None:
+        """Remove this attempt's local folder, and the stored resume state unless it is needed again."""
+        if not keep_resume_state:
+            self.sync.clear()
+        shutil.rmtree(self.work_dir, ignore_errors=True)
 
     def run(self) -> tuple[str, dict[str, Any]]:
         """Returns ``(model_id, metrics)`` after the model is stored and the job marked succeeded."""
         import torch
 
         import models
-        from models.engine import read_state
 
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
@@ -325,25 +149,12 @@ class JobRun:
         backbone.model.to(device)
         method.to(device)
 
-        shutil.rmtree(self.work_dir, ignore_errors=True)
-        resumed = self.sync.pull(self.work_dir) and read_state(self.work_dir) is not None
-        phase = "training" if resumed else "preparing"
-        self._phase(phase, "resuming from the last saved state" if resumed else "preparing the prompts")
-        reporter = JobReporter(self.store, self.lease, self.keeper, self.sync, self.work_dir, phase=phase)
-        trainer = models.Trainer(
-            method,
-            train_config,
-            data.train,
-            data.val,
-            work_dir=self.work_dir,
-            callbacks=[reporter],
-            should_stop=reporter.should_stop,
-        )
+        trainer = self._trainer(method, train_config, data)
         result = trainer.fit()
 
         self._phase("saving", "evaluating and saving the tuned model")
         method.load_learned_state_dict(result.best_state)
-        metrics = _jsonable(result.metrics)
+        metrics = jsonable(result.metrics)
         if data.test is not None:
             test = trainer.evaluate(data.test)
             metrics.update(test_acc=round(test["acc"], 6), test_loss=round(test["loss"], 6))
@@ -353,11 +164,41 @@ class JobRun:
             num_test=len(data.test) if data.test is not None else 0,
         )
         model_id = self._save(method.to("cpu"), train_config, metrics, data)
-        self.sync.clear()
-        shutil.rmtree(self.work_dir, ignore_errors=True)
+        self.cleanup(keep_resume_state=False)
         return model_id, metrics
 
     # ---- pieces ----
+    def _trainer(self, method: PromptMethod, train_config: TrainConfig, data: LoadedData) -> Any:
+        """A Trainer on this attempt's folder, primed with the stored resume state when there is one."""
+        from models import Trainer
+        from models.engine import read_state
+
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+        state = read_state(self.work_dir) if self.sync.pull(self.work_dir) else None
+        if state is not None:
+            self._phase("training", "resuming from the last saved state", {"resumed_from_step": state.step})
+        else:
+            self._phase("preparing", "preparing the prompts")
+        reporter = JobReporter(
+            self.store,
+            self.lease,
+            self.keeper,
+            self.sync,
+            self.work_dir,
+            phase="training" if state is not None else "preparing",
+            progress_seconds=self.settings.progress_interval_seconds,
+        )
+        return Trainer(
+            method,
+            train_config,
+            data.train,
+            data.val,
+            work_dir=self.work_dir,
+            callbacks=[reporter],
+            should_stop=reporter.should_stop,
+            should_pause=reporter.should_pause,
+        )
+
     def _plan(self) -> Any:
         """The job's configs, validated exactly as the API validated them (app/job_config.py)."""
         from app.backbones import load_registry
@@ -466,6 +307,7 @@ class JobRun:
             "checkpoint_key": key,
             "checkpoint_sha256": sha,
         }
+        self.keeper.stop()
         if not self.store.succeed(self.lease, model=model, metrics=metrics):
             self.storage.delete(key)
             raise LeaseLost(self.lease.job_id)
@@ -487,34 +329,63 @@ def run_job(
     claim = store.claim(job_id, owner=owner or default_owner(), lease_seconds=settings.job_lease_seconds)
     if claim.lease is None:
         log.info("job %s: not claimed (%s)", job_id, claim.outcome)
+        if claim.outcome in ("exhausted", "cancelled"):  # ended by this claim: drop its resume state
+            _drop_resume_state(settings, storage, job_id)
         return RunOutcome(job_id, claim.outcome)
     lease = claim.lease
     spec = store.job_spec(job_id)
     assert spec is not None
     keeper = LeaseKeeper(store, lease, settings.job_lease_seconds)
     keeper.start()
+    job: JobRun | None = None
     try:
         storage = storage or make_storage(settings.storage_url, settings.data_dir)
-        JobRun(settings, store, storage, lease, keeper, spec).run()
+        job = JobRun(settings, store, storage, lease, keeper, spec)
+        job.run()
         return RunOutcome(job_id, "succeeded")
     except LeaseLost:
         return RunOutcome(job_id, "lost")
     except BaseException as exc:
-        return _end_attempt(store, lease, keeper, spec, exc)
+        outcome = _end_attempt(store, lease, keeper, spec, exc, job)
+        if job is not None and outcome.outcome != "lost":
+            job.cleanup(keep_resume_state=outcome.outcome in ("released", "handed_back"))
+        return outcome
     finally:
         keeper.stop()
 
 
-def _end_attempt(
-    store: JobStore, lease: Lease, keeper: LeaseKeeper, spec: JobSpec, exc: BaseException
-) -> RunOutcome:
-    from models.errors import TrainingCancelled
+def _drop_resume_state(settings: Settings, storage: Storage | None, job_id: str) -> None:
+    try:
+        ResumeSync(storage or make_storage(settings.storage_url, settings.data_dir), job_id).clear()
+    except Exception as exc:  # noqa: BLE001 - storage unavailable: a leftover state is harmless
+        log.warning("job %s: could not delete its resume state: %s", job_id, exc)
 
+
+def _end_attempt(
+    store: JobStore,
+    lease: Lease,
+    keeper: LeaseKeeper,
+    spec: JobSpec,
+    exc: BaseException,
+    job: JobRun | None,
+) -> RunOutcome:
+    from models.errors import TrainingCancelled, TrainingPaused
+
+    keeper.stop()
     if keeper.lost.is_set():
         return RunOutcome(spec.id, "lost")
     if isinstance(exc, TrainingCancelled):
         store.finish(lease, "cancelled", "cancelled_by_user", "cancelled by the user")
         return RunOutcome(spec.id, "cancelled", "cancelled_by_user")
+    if isinstance(exc, TrainingPaused):  # SIGTERM: the state is stored; another worker continues
+        step = job.saved_step() if job is not None else None
+        where = f"at step {step}" if step is not None else "before training"
+        if not store.hand_back(
+            lease, f"worker shutting down: handed back {where}; re-queued", {"step": step}
+        ):
+            return RunOutcome(spec.id, "lost")
+        log.info("job %s: handed back %s (worker shutting down)", spec.id, where)
+        return RunOutcome(spec.id, "handed_back", "worker_shutdown", retry_in=0.0)
     if isinstance(exc, KeyboardInterrupt | SystemExit):
         raise exc  # worker shutdown: the lease expires and the reaper re-queues the job
     code, message, retryable = classify_error(exc)

@@ -215,11 +215,13 @@ class JobStore:
             s.add_all(events)
             return True
 
-    def set_phase(self, lease: Lease, phase: str, message: str = "") -> bool:
-        event = _event(
-            lease.job_id, "status", message or phase, {"status": "running", "phase": phase}, self.now()
+    def set_phase(
+        self, lease: Lease, phase: str, message: str = "", data: dict[str, Any] | None = None
+    ) -> bool:
+        data = {"status": "running", "phase": phase, **(data or {})}
+        return self._update_owned(
+            lease, _event(lease.job_id, "status", message or phase, data, self.now()), phase=phase
         )
-        return self._update_owned(lease, event, phase=phase)
 
     def progress(
         self, lease: Lease, fraction: float, data: dict[str, Any] | None = None, *, event: bool = False
@@ -323,6 +325,13 @@ class JobStore:
             lease_owner=None,
             lease_expires_at=None,
         )
+
+    def hand_back(self, lease: Lease, message: str, data: dict[str, Any] | None = None) -> bool:
+        """Re-queue the job because this worker is shutting down; the attempt does not count."""
+        data = {"status": "queued", "code": "worker_shutdown", **(data or {})}
+        event = _event(lease.job_id, "status", message, data, self.now())
+        values = {"status": "queued", "attempts": Job.attempts - 1, "phase": None}
+        return self._update_owned(lease, event, **values, lease_owner=None, lease_expires_at=None)
 
     # ---- reaper -------------------------------------------------------------------------------------
     def reap(self, *, queued_after_seconds: float, limit: int = 500) -> ReapResult:

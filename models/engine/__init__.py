@@ -2,8 +2,9 @@
 
 from .config import TrainConfig
 from .schedule import lr_at
+from .seeding import derive_seed
 from .state import ResumeState, clear_state, read_state, state_files
-from .trainer import Trainer, TrainResult, derive_seed
+from .trainer import Trainer, TrainResult
 
 __all__ = [
     "ResumeState",

@@ -21,38 +21,24 @@ Epoch numbers in ``history``, ``best_epoch`` and ``on_epoch_end`` count from 1.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import math
-import random
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
+from torch.utils.data import DataLoader, IterableDataset, default_collate
 
 from ..base import PromptMethod
-from ..errors import ConfigError, DataError, PromptuneError, TrainingCancelled
+from ..errors import ConfigError, DataError, PromptuneError, TrainingCancelled, TrainingPaused
 from .config import TrainConfig, fingerprint
 from .schedule import lr_at, set_lr
+from .seeding import SeededItems, derive_seed, seed_cpu_rngs
 from .state import ResumeState, clear_state, flatten_optimizer, read_state, restore_optimizer, write_state
 
 log = logging.getLogger(__name__)
-
-
-def derive_seed(seed: int, *parts: object) -> int:
-    """A 63-bit seed from ``seed`` and a path of tags, stable across processes and platforms."""
-    text = "/".join(map(str, (seed, *parts)))
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & (2**63 - 1)
-
-
-def _seed_cpu_rngs(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.random.default_generator.manual_seed(seed)
 
 
 @dataclasses.dataclass
@@ -63,30 +49,6 @@ class TrainResult:
     history: list[dict[str, Any]]  # one entry per finished epoch
     steps: int  # global optimisation steps done
     completed: bool = True  # False when the run stopped at max_steps before the last epoch
-
-
-class _SeededItems(Dataset):
-    """Loads ``data[i]`` after seeding the CPU RNGs from ``(seed, tag, i)``; normalises items to dicts."""
-
-    def __init__(self, data: Any, seed: int, tag: object) -> None:
-        self.data, self.seed, self.tag = data, seed, tag
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, idx: int) -> dict[str, Any]:
-        _seed_cpu_rngs(derive_seed(self.seed, "item", self.tag, idx))
-        item = self.data[idx]
-        if isinstance(item, Mapping):
-            item = dict(item)
-            item.setdefault("index", idx)
-        elif isinstance(item, Sequence) and len(item) == 2:  # (image, label), torchvision style
-            item = {"image": item[0], "label": item[1], "index": idx}
-        else:
-            raise DataError(
-                f"dataset item {idx} must be a dict with image/label/index, got {type(item).__name__}"
-            )
-        return item
 
 
 class Trainer:
@@ -102,6 +64,8 @@ class Trainer:
             ``on_epoch_end(epoch, metrics)``, ``on_checkpoint(step, path)``; their exceptions propagate.
         should_stop: polled before every step; returning True raises ``TrainingCancelled``
             without writing anything more.
+        should_pause: polled before every training step; returning True writes a resume state at
+            the current step (unless one was just written) and raises ``TrainingPaused``.
     """
 
     def __init__(
@@ -114,6 +78,7 @@ class Trainer:
         work_dir: str | Path | None = None,
         callbacks: Iterable[Any] = (),
         should_stop: Callable[[], bool] | None = None,
+        should_pause: Callable[[], bool] | None = None,
     ) -> None:
         self.method = method
         self.config = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
@@ -121,7 +86,7 @@ class Trainer:
         self.val_data = None if val_data is None else self._check_data("val_data", val_data)
         self.work_dir = Path(work_dir) if work_dir is not None else None
         self.callbacks = tuple(callbacks)
-        self.should_stop = should_stop
+        self.should_stop, self.should_pause = should_stop, should_pause
         n, bs = len(self.train_data), self.config.batch_size
         self.steps_per_epoch = n // bs if self.config.drop_last else math.ceil(n / bs)
         if self.steps_per_epoch < 1:
@@ -153,7 +118,8 @@ class Trainer:
     def _build_optimizer(self) -> torch.optim.Optimizer:
         cfg = self.config
         backbone = getattr(getattr(self.method, "backbone", None), "model", None)
-        if backbone is not None:
+        # Only the benchmark's full fine-tuning baseline declares ``trains_backbone``; methods never do.
+        if backbone is not None and not getattr(self.method, "trains_backbone", False):
             thawed = [n for n, p in backbone.named_parameters() if p.requires_grad]
             if thawed:
                 raise RuntimeError(f"the backbone must stay frozen, but these require grad: {thawed[:10]}")
@@ -199,7 +165,7 @@ class Trainer:
 
     def _loader(self, data: Any, tag: object, batches: list[list[int]]) -> DataLoader:
         return DataLoader(
-            _SeededItems(data, self.config.seed, tag),
+            SeededItems(data, self.config.seed, tag),
             batch_sampler=batches,
             num_workers=self.config.num_workers,
             collate_fn=default_collate,
@@ -257,7 +223,7 @@ class Trainer:
     ) -> tuple[float, dict[str, float], float]:
         cfg = self.config
         generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "step", step))
-        _seed_cpu_rngs(derive_seed(cfg.seed, "global", step))
+        seed_cpu_rngs(derive_seed(cfg.seed, "global", step))
         torch.manual_seed(derive_seed(cfg.seed, "global", step))  # CPU and every CUDA device
         lr = lr_at(
             step,
@@ -296,7 +262,7 @@ class Trainer:
         else:
             if self.work_dir is not None:
                 clear_state(self.work_dir)
-            _seed_cpu_rngs(derive_seed(cfg.seed, "prepare"))
+            seed_cpu_rngs(derive_seed(cfg.seed, "prepare"))
             torch.manual_seed(derive_seed(cfg.seed, "prepare"))  # CPU and every CUDA device
             method.prepare(self.train_data, seed=cfg.seed)
             state = ResumeState(
@@ -355,6 +321,10 @@ class Trainer:
                     if cfg.max_steps is not None and state.step >= cfg.max_steps:
                         break
                     self._poll_stop()
+                    if self.should_pause is not None and self.should_pause():
+                        if last_saved != state.step:
+                            self._save(state, optimizer)
+                        raise TrainingPaused(f"training paused at step {state.step}")
                     batch = self._to_device(next(loader_iter), device)
                     loss, logs, lr = self._step(optimizer, batch, state.step)
                     state.step += 1

@@ -109,7 +109,7 @@ def test_spt_job_succeeds_with_phases_events_and_a_verified_checkpoint(
     assert log[-1].data["status"] == "succeeded"
     # The resume state was mirrored to storage during training and removed after success.
     assert not storage.exists(f"jobs/{job_id}")
-    assert not (settings.data_dir / "work" / job_id).exists()
+    assert not list((settings.data_dir / "work").glob(f"{job_id}*"))
 
 
 def test_unusable_dataset_fails_with_invalid_dataset(
@@ -185,6 +185,7 @@ def test_cancel_while_training(
     job = job_row(db_url, job_id)
     assert (job.status, job.error_code, job.model_id) == ("cancelled", "cancelled_by_user", None)
     assert job.progress < 0.5
+    assert not storage.exists(f"jobs/{job_id}/index.json")  # a cancelled job keeps no resume state
 
 
 class StealAfterPushes(LocalStorage):
