@@ -108,11 +108,20 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--tenant", required=True, help="tenant name")
     k.set_defaults(func=_keys_create)
 
-    p = sub.add_parser("demo", help="run everything locally: train on the bundled digits and predict")
+    p = sub.add_parser(
+        "demo", help="run everything locally: build the small pretrained zoo, tune SPT on digits, predict"
+    )
     p.add_argument("--once", action="store_true", help="exit after the predictions instead of serving")
     p.add_argument("--port", type=int, default=8000, help="port for the API (a free one if taken)")
     p.set_defaults(func=_demo)
+    _add_bench(sub)
     return parser
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    from models.bench.cli import add_bench_parser
+
+    add_bench_parser(sub, "bench")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

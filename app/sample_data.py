@@ -28,7 +28,12 @@ class DigitImage:
 
 
 def digit_images(
-    *, size: int = 32, per_class: int | None = None, fractions: Sequence[float] = (0.7, 0.15), seed: int = 0
+    *,
+    size: int = 32,
+    per_class: int | None = None,
+    fractions: Sequence[float] = (0.7, 0.15),
+    seed: int = 0,
+    resample: str = "nearest",
 ) -> list[DigitImage]:
     """The digits as PNGs with a seeded stratified train/val/test split.
 
@@ -37,11 +42,14 @@ def digit_images(
         per_class: keep at most this many images per class (None = all, about 180 each).
         fractions: train and val fractions per class; the rest is test.
         seed: seeds the per-class shuffle.
+        resample: ``nearest`` (blocky, readable) or ``bilinear`` (smooth: how the zoo's backbones saw
+            digits in pretraining, models/zoo/tasks.py).
     """
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     pixels = (digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    method = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR}[resample]
     rng = np.random.default_rng(seed)
     out: list[DigitImage] = []
     for label_id, name in enumerate(CLASS_NAMES):
@@ -53,7 +61,7 @@ def digit_images(
         n_val = max(1, round(len(idx) * fractions[1]))
         for rank, i in enumerate(idx):
             split = "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
-            image = Image.fromarray(pixels[i]).resize((size, size), Image.Resampling.NEAREST)
+            image = Image.fromarray(pixels[i]).resize((size, size), method)
             buf = io.BytesIO()
             image.save(buf, format="PNG")
             out.append(DigitImage(split, name, buf.getvalue()))

@@ -10,3 +10,5 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+from tests.zoo_fixture import zoo_registry  # noqa: E402, F401 - session fixture: zoo weights for learning tests

@@ -1,8 +1,10 @@
 """The real stack for end-to-end tests: redis-server, the API under uvicorn, Celery worker subprocesses.
 
-SQLite (WAL) is shared by the API, the workers and the test process; the backbones are the demo's
-seeded tiny ViT and CLIP written to disk (app/demo.py). Leases and the reaper run on short timers so
-that worker-loss recovery takes seconds.
+SQLite (WAL) is shared by the API, the workers and the test process; the backbones are the seeded
+random-init tiny ViT and CLIP (``demo-vit``, ``demo-clip``: app/demo_backbones.py), plus, for the tests
+that claim learning, the zoo's pretrained ``zoo-vit-mae-tiny`` (fixture ``zoo_vit``: built once, quick
+profile, added to the running stack's registry, which the API and the workers re-read). Leases and the
+reaper run on short timers so that worker-loss recovery takes seconds.
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ import httpx
 import pytest
 
 from app.cli import migrate_database
-from app.demo import Proc, ensure_demo_backbones, follow_job, free_port, start_api, start_worker, wait_ready
+from app.demo_backbones import ensure_demo_backbones
+from app.demo_steps import follow_job
+from app.local_stack import Proc, free_port, start_api, start_worker, wait_ready
 from tests.services import RedisServer, redis_server  # noqa: F401 - pytest fixture
+from tests.zoo_fixture import ZOO_TEST_BACKBONES, merge_registries
 
 
 @dataclasses.dataclass
@@ -55,7 +60,7 @@ def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -
     data_dir = tmp_path_factory.mktemp("e2e")
     db_url = f"sqlite:///{data_dir / 'promptune.db'}"
     migrate_database(db_url)
-    registry = ensure_demo_backbones(data_dir / "zoo")
+    registry = merge_registries(data_dir / "backbones.json", ensure_demo_backbones(data_dir / "zoo"))
     env = {
         **os.environ,
         "PROMPTUNE_ENVIRONMENT": "test",
@@ -93,10 +98,20 @@ def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -
             proc.stop()
 
 
-def upload_digits(client: httpx.Client, tmp_path: Path, *, per_class: int = 10) -> dict[str, Any]:
+@pytest.fixture(scope="session")
+def zoo_vit(stack: Stack, zoo_registry: Path) -> str:
+    """The zoo's pretrained ViT (quick profile), registered in the running stack; returns its name."""
+    registry = Path(stack.env["PROMPTUNE_BACKBONES_FILE"])
+    merge_registries(registry, registry, zoo_registry)
+    return ZOO_TEST_BACKBONES[0]
+
+
+def upload_digits(
+    client: httpx.Client, tmp_path: Path, *, per_class: int = 10, resample: str = "nearest"
+) -> dict[str, Any]:
     from app.sample_data import write_digits_zip
 
-    archive = write_digits_zip(tmp_path / "digits.zip", per_class=per_class)
+    archive = write_digits_zip(tmp_path / "digits.zip", per_class=per_class, resample=resample)
     with open(archive, "rb") as fh:
         response = client.post("/v1/datasets", files={"file": ("digits.zip", fh, "application/zip")})
     assert response.status_code == 201, response.text

@@ -88,7 +88,7 @@ def job_row(db_url: str, job_id: str) -> Job:
 @pytest.fixture(scope="session")
 def zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo backbones (seeded random tiny ViT + CLIP written to disk with sha256) and their registry."""
-    from app.demo import ensure_demo_backbones
+    from app.demo_backbones import ensure_demo_backbones
 
     return ensure_demo_backbones(tmp_path_factory.mktemp("zoo"))
 
