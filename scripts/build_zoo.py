@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--max-steps", type=int, default=None, help="override every recipe's step budget")
     parser.add_argument("--max-seconds", type=float, default=None, help="add a wall-time budget per model")
+    parser.add_argument("--data-workers", type=int, default=None, help="processes rendering world batches")
     parser.add_argument("--no-eval", action="store_true", help="skip the CLIP zero-shot evaluation")
     parser.add_argument("--registry", default=None, help="registry path (default: OUT/backbones.json)")
     args = parser.parse_args(argv)
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         extra["max_steps"] = args.max_steps
     if args.max_seconds is not None:
         extra["max_seconds"] = args.max_seconds
+    if args.data_workers is not None:
+        extra["data_workers"] = args.data_workers
     names = args.only or list(RECIPES)
     result = build_zoo(
         args.out,

@@ -41,7 +41,7 @@ from .training import resolve_device
 from .world import WORLD_VERSION
 
 ZOO_VERSION = 1  # bump when a recipe's code path changes what it produces
-PROFILES = ("quick", "full")
+PROFILES = ("quick", "demo", "full", "gpu")
 REGISTRY_NAME = "backbones.json"
 MANIFEST_NAME = "manifest.json"
 
@@ -52,18 +52,24 @@ MANIFEST_NAME = "manifest.json"
 # time the first full run and adjust here if it is far from 20 minutes.
 _CLIP_PROFILES: dict[str, dict[str, Any]] = {
     "quick": {"max_steps": 12, "batch_size": 64, "warmup_steps": 3, "log_every": 4},
+    "demo": {"max_steps": 150, "batch_size": 64, "warmup_steps": 15, "log_every": 25},
     "full": {"max_steps": 900, "batch_size": 128, "warmup_steps": 50, "log_every": 25},
+    "gpu": {"max_steps": 8000, "batch_size": 256, "warmup_steps": 300, "log_every": 250, "lr": 1e-3},
 }
 _VIT_PROFILES: dict[str, dict[str, Any]] = {
     "quick": {"max_steps": 12, "batch_size": 64, "warmup_steps": 3, "log_every": 4},
+    "demo": {"max_steps": 150, "batch_size": 64, "warmup_steps": 15, "log_every": 25},
     "full": {"max_steps": 1400, "batch_size": 128, "warmup_steps": 70, "log_every": 50},
+    "gpu": {"max_steps": 6000, "batch_size": 256, "warmup_steps": 300, "log_every": 250},
 }
 _MAE_PROFILES: dict[str, dict[str, Any]] = {
     "quick": {"max_steps": 12, "batch_size": 64, "warmup_steps": 3, "log_every": 4},
+    "demo": {"max_steps": 150, "batch_size": 64, "warmup_steps": 15, "log_every": 25},
     "full": {"max_steps": 1200, "batch_size": 256, "warmup_steps": 60, "log_every": 50, "lr": 1.5e-3},
+    "gpu": {"max_steps": 8000, "batch_size": 256, "warmup_steps": 300, "log_every": 250, "lr": 1.5e-3},
 }
 # Zero-shot evaluation of the CLIP: test images per held-out world task.
-_EVAL_TEST_SIZE = {"quick": 100, "full": 500}
+_EVAL_TEST_SIZE = {"quick": 100, "demo": 200, "full": 500, "gpu": 500}
 # Task seed for evaluation: not a seed any pretraining stream uses.
 EVAL_TASK_SEED = 2024
 
@@ -87,7 +93,7 @@ class Recipe:
         cfg = {
             k: v
             for k, v in self.resolved_config(profile, overrides).items()
-            if k not in ("device", "log_every")
+            if k not in ("device", "log_every", "data_workers")
         }
         blob = {
             "name": self.name,

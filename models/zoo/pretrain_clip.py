@@ -68,6 +68,7 @@ class ClipPretrainConfig(BaseConfig):
     supersample: int = 2
     log_every: int = 25
     device: str = "auto"
+    data_workers: int = 0  # processes rendering batches (0 = one background thread); never changes results
 
     def __post_init__(self) -> None:
         check_int("image_size", self.image_size, minimum=16)
@@ -203,7 +204,7 @@ def pretrain_clip(
     if log is not None:
         params = sum(p.numel() for p in model.parameters())
         log(f"[clip {cfg.arch}] {params / 1e6:.2f} M parameters on {device}; budget {budget}")
-    batches = prefetch(make)
+    batches = prefetch(make, workers=cfg.data_workers)
     try:
         for images, tokens in batches:
             elapsed = progress.elapsed()

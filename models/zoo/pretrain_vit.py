@@ -86,6 +86,7 @@ class VitPretrainConfig(BaseConfig):
     norm_pix_loss: bool = True
     log_every: int = 25
     device: str = "auto"
+    data_workers: int = 0  # processes rendering batches (0 = one background thread); never changes results
 
     def __post_init__(self) -> None:
         check_choice("mode", self.mode, ("supervised", "mae"))
@@ -312,7 +313,7 @@ def pretrain_vit(
         params = sum(p.numel() for p in encoder.parameters())
         log(f"[vit-{cfg.mode}] encoder {params / 1e6:.2f} M parameters on {device}; budget {budget}")
     step, seen, lr = 0, 0, cfg.lr
-    batches = prefetch(make)
+    batches = prefetch(make, workers=cfg.data_workers)
     try:
         for item in batches:
             frac = budget.progress(step, progress.elapsed())

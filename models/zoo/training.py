@@ -74,11 +74,17 @@ def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def prefetch(make: Callable[[int], Any], start: int = 0, depth: int = 2) -> Generator[Any, None, None]:
+def prefetch(
+    make: Callable[[int], Any], start: int = 0, depth: int = 2, workers: int = 0
+) -> Generator[Any, None, None]:
     """Yield ``make(start), make(start + 1), ...`` computed ``depth`` ahead on a background thread.
 
     ``make`` must depend on the index only (our world batches do), so prefetching never changes results.
+    ``workers > 0`` renders in that many forked processes instead (a GPU outruns one rendering core).
     """
+    if workers > 0:
+        yield from _prefetch_processes(make, start, depth, workers)
+        return
     q: queue.Queue[Any] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -109,6 +115,42 @@ def prefetch(make: Callable[[int], Any], start: int = 0, depth: int = 2) -> Gene
     finally:
         stop.set()
         thread.join(timeout=5)
+
+
+_FORKED_MAKE: Callable[[int], Any] | None = None
+
+
+def _forked_init() -> None:
+    torch.set_num_threads(1)
+
+
+def _forked_call(index: int) -> Any:
+    assert _FORKED_MAKE is not None
+    return _FORKED_MAKE(index)
+
+
+def _prefetch_processes(
+    make: Callable[[int], Any], start: int, depth: int, workers: int
+) -> Generator[Any, None, None]:
+    """In-order results of ``make`` from forked workers, a bounded window ahead (closures need fork)."""
+    import collections
+    import multiprocessing
+
+    global _FORKED_MAKE
+    _FORKED_MAKE = make
+    pool = multiprocessing.get_context("fork").Pool(workers, initializer=_forked_init)
+    try:
+        window: collections.deque[Any] = collections.deque()
+        index = start
+        while True:
+            while len(window) < workers * max(1, depth):
+                window.append(pool.apply_async(_forked_call, (index,)))
+                index += 1
+            yield window.popleft().get()
+    finally:
+        pool.terminate()
+        pool.join()
+        _FORKED_MAKE = None
 
 
 class ProgressLog:

@@ -1,0 +1,251 @@
+"""Turn ``results.jsonl`` into ``benchmarks.md`` (tables of mean ± std over seeds, claims) and PNG plots."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .plan import SPT_INITS, get_profile
+from .runner import read_results
+
+GROUPS = {"digits": "natural", "shapes": "natural", "texture": "specialised", "background": "specialised",
+          "count": "structured", "position": "structured", "orientation": "structured",
+          "distance": "structured", "size": "structured"}  # fmt: skip
+
+
+def _ms(values: Sequence[float], scale: float = 100.0) -> str:
+    if not values:
+        return "–"
+    m = statistics.fmean(values) * scale
+    s = statistics.stdev(values) * scale if len(values) > 1 else 0.0
+    return f"{m:.1f} ± {s:.1f}"
+
+
+def _mean(values: Iterable[float]) -> float:
+    vals = list(values)
+    return statistics.fmean(vals) if vals else float("nan")
+
+
+def final_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows that count: ok runs at the chosen lr (seed runs, and the select run at the chosen lr)."""
+    ok = [r for r in results if r.get("status") == "ok"]
+    chosen: dict[tuple[str, str, str, str], float] = {}
+    for r in ok:
+        if r["phase"] != "select":
+            continue
+        key = (r["table"], r["backbone"], r["task"], r["method"])
+        best = chosen.get(key)
+        cur = next((x for x in ok if x["phase"] == "select" and (x["table"], x["backbone"], x["task"],
+                    x["method"]) == key and x["lr"] == best), None) if best is not None else None  # fmt: skip
+        if cur is None or (r["val_acc"], -r["lr"]) > (cur["val_acc"], -cur["lr"]):
+            chosen[key] = r["lr"]
+    rows = [r for r in ok if r["phase"] == "seed"]
+    rows += [r for r in ok if r["phase"] == "select" and chosen.get((r["table"], r["backbone"], r["task"],
+             r["method"])) == r["lr"]]  # fmt: skip
+    return rows
+
+
+def _by(rows: list[dict[str, Any]], *keys: str) -> dict[tuple[Any, ...], list[dict[str, Any]]]:
+    out: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        out[tuple(r[k] for k in keys)].append(r)
+    return out
+
+
+def spt_cells(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[float]]:
+    """(backbone, method, task) -> test accuracies over seeds; task "mean" = per-seed mean over tasks."""
+    cells: dict[tuple[str, str, str], list[float]] = {}
+    spt = [r for r in rows if r["table"] == "spt"]
+    for (b, m, t), rs in _by(spt, "backbone", "method", "task").items():
+        cells[(b, m, t)] = [r["test_acc"] for r in sorted(rs, key=lambda r: r["seed"])]
+    for (b, m), rs in _by(spt, "backbone", "method").items():
+        tasks = {r["task"] for r in rs}
+        per_seed = _by(rs, "seed")
+        means = [
+            _mean(x["test_acc"] for x in v) for v in per_seed.values() if {x["task"] for x in v} == tasks
+        ]
+        cells[(b, m, "mean")] = means
+    return cells
+
+
+def _spt_section(rows: list[dict[str, Any]], lines: list[str]) -> dict[tuple[str, str, str], list[float]]:
+    cells = spt_cells(rows)
+    spt = [r for r in rows if r["table"] == "spt"]
+    for backbone in sorted({r["backbone"] for r in spt}):
+        rs = [r for r in spt if r["backbone"] == backbone]
+        tasks = [t for t in GROUPS if any(r["task"] == t for r in rs)]
+        methods = list(
+            dict.fromkeys(r["method"] for r in sorted(rs, key=lambda r: _method_order(r["method"])))
+        )
+        lines += [f"### {backbone}: test accuracy (%), mean ± std over seeds", "",
+                  "| method | " + " | ".join(tasks) + " | mean | seeds |",
+                  "|---|" + "---|" * (len(tasks) + 2)]  # fmt: skip
+        for m in methods:
+            n = len(cells.get((backbone, m, "mean"), []))
+            lines.append(f"| {m} | " + " | ".join(_ms(cells.get((backbone, m, t), [])) for t in tasks)
+                         + f" | **{_ms(cells.get((backbone, m, 'mean'), []))}** | {n} |")  # fmt: skip
+        lines.append("")
+    return cells
+
+
+def _method_order(m: str) -> tuple[int, str]:
+    order = ["linear", "full-ft", "vpt-shallow", "vpt-deep"]
+    return (order.index(m), m) if m in order else (len(order) + (0 if "shallow" in m else 1), m)
+
+
+def _init_times(rows: list[dict[str, Any]], lines: list[str]) -> None:
+    spt = [r for r in rows if r["table"] == "spt"]
+    if not spt:
+        return
+    lines += ["### Wall time per method (seconds per run: prompt init / whole run, mean over runs)", "",
+              "| backbone | method | init s | run s | runs |", "|---|---|---|---|---|"]  # fmt: skip
+    for (b, m), rs in sorted(
+        _by(spt, "backbone", "method").items(), key=lambda kv: (kv[0][0], _method_order(kv[0][1]))
+    ):
+        lines.append(f"| {b} | {m} | {_mean(r['init_seconds'] for r in rs):.3f} | "
+                     f"{_mean(r['wall_seconds'] for r in rs):.1f} | {len(rs)} |")  # fmt: skip
+    lines.append("")
+
+
+def _length_section(rows: list[dict[str, Any]], lines: list[str]) -> dict[tuple[str, int], list[float]]:
+    length = [r for r in rows if r["table"] == "length"]
+    out: dict[tuple[str, int], list[float]] = {}
+    if not length:
+        return out
+    # the SPT table's own cells at its M are the same runs at one more length
+    keys = {(r["backbone"], r["method"], r["task"]) for r in length}
+    length += [r for r in rows if r["table"] == "spt" and (r["backbone"], r["method"], r["task"]) in keys]
+    lengths = sorted({r["num_prompts"] for r in length})
+    lines += ["### Prompt-length robustness: test accuracy (%) by M, mean over tasks, mean ± std over seeds", "",
+              "| backbone | method | " + " | ".join(f"M={n}" for n in lengths) + " | spread over M (max−min) |",
+              "|---|---|" + "---|" * (len(lengths) + 1)]  # fmt: skip
+    for (b, m), rs in sorted(_by(length, "backbone", "method").items()):
+        tasks = {r["task"] for r in rs}
+        means = []
+        cells = []
+        for n in lengths:
+            per_seed = _by([r for r in rs if r["num_prompts"] == n], "seed")
+            vals = [
+                _mean(x["test_acc"] for x in v) for v in per_seed.values() if {x["task"] for x in v} == tasks
+            ]
+            out[(m, n)] = vals
+            cells.append(_ms(vals))
+            if vals:
+                means.append(_mean(vals))
+        spread = (max(means) - min(means)) * 100 if means else float("nan")
+        lines.append(f"| {b} | {m} | " + " | ".join(cells) + f" | {spread:.1f} |")
+    lines.append("")
+    return out
+
+
+def _rpp_section(rows: list[dict[str, Any]], lines: list[str]) -> dict[str, dict[str, list[float]]]:
+    rpp = sorted([r for r in rows if r["table"] == "rpp"], key=lambda r: r["seed"])
+    stats: dict[str, dict[str, list[float]]] = {}
+    if not rpp:
+        return stats
+    targets = list(rpp[0]["targets"])
+    lines += ["### RPP table: zero-shot transfer after prompt pretraining on rpp-source (test accuracy %, "
+              "mean ± std over seeds)", "",
+              "| method | source | " + " | ".join(t.removeprefix("rpp-") for t in targets)
+              + " | target mean | b2n base | b2n new | b2n HM | seeds |",
+              "|---|---|" + "---|" * (len(targets) + 5)]  # fmt: skip
+    for m, rs in sorted(
+        _by(rpp, "method").items(), key=lambda kv: list(get_profile("gpu").rpp_methods).index(kv[0][0])
+    ):
+        s = stats[m[0]] = {
+            "source": [r["source_test_acc"] for r in rs], "mean": [r["test_acc"] for r in rs],
+            **{t: [r["targets"][t]["test_acc"] for r in rs] for t in targets},
+            **{f"b2n-{k}": [r["base_to_new"][k] for r in rs] for k in ("base", "new", "hm")},
+        }  # fmt: skip
+        lines.append(f"| {m[0]} | {_ms(s['source'])} | " + " | ".join(_ms(s[t]) for t in targets)
+                     + f" | **{_ms(s['mean'])}** | {_ms(s['b2n-base'])} | {_ms(s['b2n-new'])} | "
+                     f"**{_ms(s['b2n-hm'])}** | {len(rs)} |")  # fmt: skip
+    lines.append("")
+    return stats
+
+
+def _delta(a: list[float], b: list[float]) -> str:
+    if not a or not b:
+        return "not measured"
+    d = (_mean(a) - _mean(b)) * 100
+    return f"{d:+.1f} points ({_mean(a) * 100:.1f} vs {_mean(b) * 100:.1f})"
+
+
+def _claims(cells: dict[tuple[str, str, str], list[float]], length: dict[tuple[str, int], list[float]],
+            rpp: dict[str, dict[str, list[float]]], lines: list[str]) -> None:  # fmt: skip
+    lines += ["## Claims, computed from the rows above", ""]
+    mae = "zoo-vit-mae-tiny"
+    for i in SPT_INITS:
+        lines.append(
+            f"- SPT-deep ({i}) − VPT-deep, {mae}, task mean: "
+            f"{_delta(cells.get((mae, f'spt-deep-{i}', 'mean'), []), cells.get((mae, 'vpt-deep', 'mean'), []))}"
+        )
+    for b in sorted({k[0] for k in cells}):
+        for mode in ("shallow", "deep"):
+            for i in SPT_INITS:
+                lines.append(
+                    f"- {b}, {mode}: SPT init {i} − random (xavier) init: "
+                    f"{_delta(cells.get((b, f'spt-{mode}-{i}', 'mean'), []), cells.get((b, f'vpt-{mode}', 'mean'), []))}"
+                )
+    for m in sorted({k[0] for k in length}):
+        means = [_mean(v) for (mm, _), v in sorted(length.items()) if mm == m and v]
+        stds = [statistics.stdev(v) * 100 for (mm, _), v in sorted(length.items()) if mm == m and len(v) > 1]
+        if means:
+            lines.append(
+                f"- prompt-length spread (max − min over M of the task mean), {m}: "
+                f"{(max(means) - min(means)) * 100:.1f} points; seed std averaged over M: {_mean(stds):.2f} points"
+            )
+    if rpp:
+        get = lambda m, k: rpp.get(m, {}).get(k, [])  # noqa: E731
+        lines.append(
+            f"- RPP (with KD) − shared-prompt pretraining, target mean: {_delta(get('rpp-kd', 'mean'), get('shared', 'mean'))}"
+        )
+        lines.append(
+            f"- RPP without KD − shared, target mean: {_delta(get('rpp-nokd', 'mean'), get('shared', 'mean'))}"
+        )
+        lines.append(
+            f"- shared − zero-shot, target mean: {_delta(get('shared', 'mean'), get('zero-shot', 'mean'))}"
+        )
+        lines.append(
+            f"- KD: RPP with KD − RPP without, target mean: {_delta(get('rpp-kd', 'mean'), get('rpp-nokd', 'mean'))}; "
+            f"base-to-new HM: {_delta(get('rpp-kd', 'b2n-hm'), get('rpp-nokd', 'b2n-hm'))}"
+        )
+    lines.append("")
+
+
+def write_report(results_dir: str | Path, out_md: str | Path, *, header: str = "",
+                 plots_dir: str | Path | None = None) -> str:  # fmt: skip
+    """Write the markdown report (and PNGs when matplotlib is installed); returns the markdown."""
+    results = read_results(Path(results_dir) / "results.jsonl")
+    rows = final_rows(results)
+    errors = [r for r in results if r.get("status") != "ok"]
+    lines = [header.rstrip(), ""] if header else []
+    lines += [
+        f"Runs: {len(results)} recorded, {len(rows)} at the chosen learning rates, {len(errors)} failed.",
+        "",
+    ]
+    lines += ["## SPT table (mini VTAB-1k)", ""]
+    cells = _spt_section(rows, lines)
+    _init_times(rows, lines)
+    length = _length_section(rows, lines)
+    lines += ["## RPP table", ""]
+    rpp = _rpp_section(rows, lines)
+    _claims(cells, length, rpp, lines)
+    if errors:
+        lines += ["## Failed runs", ""]
+        for (table, backbone, method), rs in sorted(_by(errors, "table", "backbone", "method").items()):
+            lines.append(f"- {table} {backbone} {method}: {len(rs)} runs failed: {rs[0]['error'][:160]}")
+        lines.append("")
+    text = "\n".join(lines)
+    Path(out_md).write_text(text)
+    if plots_dir is not None:
+        from .plots import write_plots
+
+        try:
+            write_plots(cells, length, rpp, Path(plots_dir))
+        except ImportError:  # matplotlib is a dev/bench extra, not a service dependency
+            print("[bench] matplotlib is not installed: no plots (pip install -r requirements-dev.txt)")
+    return text
