@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     checkpoint_every_steps: int = Field(default=50, ge=0)
     reaper_interval_seconds: int = Field(default=30, gt=0)
     queued_redeliver_after_seconds: int = Field(default=120, gt=0)
+    # Temp files and staging folders left by killed writers are deleted once this old (the reaper, hourly).
+    storage_sweep_after_seconds: int = Field(default=6 * 3600, gt=0)
     # jobs.progress is written at most this often (0 = every step, as the chaos tests use).
     progress_interval_seconds: float = Field(default=0.5, ge=0)
 

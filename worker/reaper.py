@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from app.settings import Settings
@@ -17,6 +18,7 @@ from worker.state import JobStore, ReapResult
 log = logging.getLogger(__name__)
 
 _thread: ReaperThread | None = None
+SWEEP_INTERVAL_SECONDS = 3600.0  # the storage sweep walks the whole tree: hourly is plenty
 
 
 def reap_once(
@@ -67,12 +69,32 @@ class ReaperThread(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
+        next_sweep = 0.0
         while not self.stopped.is_set():
             try:
                 reap_once(self.settings)
             except Exception:  # noqa: BLE001 - the database may be restarting; keep the thread alive
                 log.exception("reaper pass failed")
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + SWEEP_INTERVAL_SECONDS
+                sweep_storage(self.settings)
             self.stopped.wait(self.settings.reaper_interval_seconds)
+
+
+def sweep_storage(settings: Settings) -> int:
+    """Delete temp files and staging folders that killed writers left (older than the setting)."""
+    from app.storage import make_storage
+
+    try:
+        removed = make_storage(settings.storage_url, settings.data_dir).sweep_abandoned(
+            settings.storage_sweep_after_seconds
+        )
+    except Exception as exc:  # noqa: BLE001 - storage unavailable: the next sweep retries
+        log.warning("reaper: storage sweep failed: %s", exc)
+        return 0
+    if removed:
+        log.info("reaper: removed %d abandoned temp files / staging folders", removed)
+    return removed
 
 
 def start_reaper_thread(settings: Settings) -> ReaperThread:
