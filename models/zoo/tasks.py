@@ -24,16 +24,15 @@ RPP suite (:func:`rpp_suite`): a many-class *source* set for prompt pretraining 
 ``size x colour x texture x shape`` names such as ``"small red striped circle"``, 288 classes, two
 colours held out) and held-out *targets*: new class names (the held-out colours; a count x shape label
 space), new domains (unseen backgrounds, pixel noise / blur, outline drawing style) and a base-to-new split.
+
+The code is split by concern: :class:`Task` and the shared split helpers in :mod:`.task_base`, the RPP
+suite in :mod:`.rpp_tasks`, the ImageFolder zip writer in :mod:`.imagefolder`. This module holds the mini
+VTAB-1k builders and re-exports the rest.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import io
-import zipfile
-import zlib
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,146 +40,51 @@ import torch
 
 from ..errors import ConfigError
 from . import world as W
+from .imagefolder import write_imagefolder_zip
+from .rpp_tasks import (
+    RPP_HELD_OUT_COLOURS,
+    RPP_SOURCE_BACKGROUNDS,
+    RPP_SOURCE_COLOURS,
+    RPP_TEMPLATES,
+    base_to_new_task,
+    object_class_name,
+    rpp_source_task,
+    rpp_suite,
+    rpp_targets,
+)
+from .task_base import Task, TaskSplit, _a, _plural, _sub_seed, _world_task
 
+__all__ = [
+    "DEFAULT_SIZES",
+    "EXTRA_TASKS",
+    "RPP_HELD_OUT_COLOURS",
+    "RPP_SOURCE_BACKGROUNDS",
+    "RPP_SOURCE_COLOURS",
+    "RPP_TEMPLATES",
+    "VTAB_TASKS",
+    "ZERO_SHOT_TASKS",
+    "Task",
+    "TaskSplit",
+    "background_task",
+    "base_to_new_task",
+    "build_task",
+    "colour_task",
+    "count_task",
+    "digits_task",
+    "distance_task",
+    "object_class_name",
+    "orientation_task",
+    "position_task",
+    "rpp_source_task",
+    "rpp_suite",
+    "rpp_targets",
+    "shapes_task",
+    "size_task",
+    "texture_task",
+    "vtab_tasks",
+    "write_imagefolder_zip",
+]
 DEFAULT_SIZES = {"train": 1000, "val": 200, "test": 500}
-
-
-@dataclasses.dataclass
-class TaskSplit:
-    images: torch.Tensor  # uint8 (N, 3, H, W)
-    labels: torch.Tensor  # int64 (N,)
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-
-@dataclasses.dataclass
-class Task:
-    """A labelled image task with named splits (``train``, ``val``, ``test``; base-to-new adds more).
-
-    ``templates`` turn a class name into text for zero-shot CLIP (``"a picture of a {}."``);
-    ``class_prompts``, when set, gives the texts of each class explicitly (an ensemble averaged by the
-    zero-shot classifier) for tasks whose class names alone are not caption-like (``count``: "three"
-    becomes "three circles", "three stars", ...). ``zero_shot`` is False where captions never describe
-    the label (digits, distance), so a zero-shot score would be meaningless.
-    """
-
-    name: str
-    group: str
-    class_names: list[str]
-    splits: dict[str, TaskSplit]
-    templates: tuple[str, ...] = ("a {}",)
-    class_prompts: list[list[str]] | None = None
-    zero_shot: bool = True
-    description: str = ""
-    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def image_size(self) -> int:
-        return int(next(iter(self.splits.values())).images.shape[-1])
-
-    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if name not in self.splits:
-            raise KeyError(f"task {self.name!r} has no split {name!r} (has {', '.join(self.splits)})")
-        s = self.splits[name]
-        return s.images, s.labels
-
-    def texts(self) -> list[list[str]]:
-        """The zero-shot texts of every class (explicit prompts, else templates x class name)."""
-        if self.class_prompts is not None:
-            return [list(p) for p in self.class_prompts]
-        return [[t.format(c) for t in self.templates] for c in self.class_names]
-
-    def pil_images(self, split: str) -> list[Any]:
-        from PIL import Image
-
-        images, _ = self.split(split)
-        return [Image.fromarray(img.permute(1, 2, 0).numpy()) for img in images]
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "group": self.group,
-            "num_classes": self.num_classes,
-            "image_size": self.image_size,
-            "splits": {k: len(v) for k, v in self.splits.items()},
-            "zero_shot": self.zero_shot,
-            "description": self.description,
-        }
-
-
-def _sub_seed(seed: int, *parts: object) -> int:
-    """A stable 63-bit seed from a base seed and names (crc32-chained; never Python's salted hash)."""
-    value = int(seed) & 0xFFFFFFFF
-    for part in parts:
-        value = zlib.crc32(f"{part}".encode(), value)
-    return (int(seed) << 32) ^ value
-
-
-def _to_tensor(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
-
-
-def _balanced_counts(total: int, k: int) -> list[int]:
-    base, extra = divmod(total, k)
-    return [base + (1 if i < extra else 0) for i in range(k)]
-
-
-def _world_split(
-    task: str,
-    split: str,
-    seed: int,
-    n: int,
-    image_size: int,
-    classes: Sequence[dict[str, Any]],
-    common: dict[str, Any],
-) -> TaskSplit:
-    """``n`` images, balanced over ``classes`` (each a dict of world constraints), shuffled."""
-    images, labels = [], []
-    for label, (constraints, k) in enumerate(zip(classes, _balanced_counts(n, len(classes)), strict=True)):
-        if k == 0:
-            continue
-        batch = W.sample_scenes(
-            k, _sub_seed(seed, task, split, label), image_size=image_size, **{**common, **constraints}
-        )
-        images.append(W.render_scenes(batch))
-        labels.append(np.full(k, label, dtype=np.int64))
-    img = np.concatenate(images) if images else np.zeros((0, image_size, image_size, 3), np.uint8)
-    lab = np.concatenate(labels) if labels else np.zeros(0, np.int64)
-    order = np.random.default_rng(_sub_seed(seed, task, split, "order")).permutation(len(lab))
-    return TaskSplit(_to_tensor(img[order]), torch.from_numpy(lab[order]))
-
-
-def _world_task(
-    name: str,
-    group: str,
-    class_names: Sequence[str],
-    classes: Sequence[dict[str, Any]],
-    common: dict[str, Any],
-    *,
-    seed: int,
-    image_size: int,
-    sizes: dict[str, int],
-    **task_kwargs: Any,
-) -> Task:
-    splits = {
-        split: _world_split(name, split, seed, n, image_size, classes, common) for split, n in sizes.items()
-    }
-    return Task(name=name, group=group, class_names=list(class_names), splits=splits, **task_kwargs)
-
-
-def _plural(shape: str) -> str:
-    return W.PLURALS[shape]
-
-
-def _a(word: str) -> str:
-    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
-
-
 # ---- mini VTAB-1k -------------------------------------------------------------------------------
 
 
@@ -355,185 +259,3 @@ def vtab_tasks(
     names: Sequence[str] | None = None,
 ) -> list[Task]:
     return [build_task(n, seed=seed, image_size=image_size, sizes=sizes) for n in (names or VTAB_TASKS)]
-
-
-# ---- RPP suite ----------------------------------------------------------------------------------
-
-RPP_HELD_OUT_COLOURS = ("cyan", "pink")
-RPP_SOURCE_COLOURS = tuple(c for c in W.COLOUR_NAMES if c not in RPP_HELD_OUT_COLOURS)
-RPP_SOURCE_BACKGROUNDS = ("black", "gray", "white", "striped", "noisy")
-RPP_TEMPLATES = ("a {}", "a picture of a {}", "a photo of a {}", "{}")
-_SOURCE_DOMAIN = {"background": RPP_SOURCE_BACKGROUNDS, "style": "filled", "corruption": "none", "count": 1}
-
-
-def object_class_name(size: str, colour: str, texture: str, shape: str) -> str:
-    """``"small red striped circle"``; plain texture is left unsaid (``"large blue star"``)."""
-    words = [size, colour] + ([] if texture == "plain" else [texture]) + [shape]
-    return " ".join(words)
-
-
-def _object_classes(colours: Sequence[str]) -> tuple[list[str], list[dict[str, Any]]]:
-    names, constraints = [], []
-    for size in W.SIZES:
-        for colour in colours:
-            for texture in W.TEXTURES:
-                for shape in W.SHAPES:
-                    names.append(object_class_name(size, colour, texture, shape))
-                    constraints.append({"size": size, "colour": colour, "texture": texture, "shape": shape})
-    return names, constraints
-
-
-def rpp_source_task(*, seed: int = 0, image_size: int = 32, per_class: dict[str, int] | None = None) -> Task:
-    """The prompt-pretraining source: 288 ``size colour [texture] shape`` classes, source domain only."""
-    per_class = dict(per_class or {"train": 16, "val": 4, "test": 4})
-    names, classes = _object_classes(RPP_SOURCE_COLOURS)
-    sizes = {k: v * len(names) for k, v in per_class.items()}
-    return _world_task(
-        "rpp-source", "rpp-source", names, classes, _SOURCE_DOMAIN, seed=seed, image_size=image_size,
-        sizes=sizes, templates=RPP_TEMPLATES,
-        description=f"{len(names)} object classes (colours {', '.join(RPP_SOURCE_COLOURS)}), "
-        f"backgrounds {', '.join(RPP_SOURCE_BACKGROUNDS)}, filled, single object",
-    )  # fmt: skip
-
-
-def _source_subset(seed: int, k: int) -> tuple[list[str], list[dict[str, Any]]]:
-    names, classes = _object_classes(RPP_SOURCE_COLOURS)
-    pick = np.sort(
-        np.random.default_rng(_sub_seed(seed, "rpp-subset")).choice(len(names), size=k, replace=False)
-    )
-    return [names[i] for i in pick], [classes[i] for i in pick]
-
-
-def rpp_targets(
-    *, seed: int = 0, image_size: int = 32, per_class: int = 10, subset_classes: int = 96
-) -> list[Task]:
-    """Held-out targets for zero-shot transfer after prompt pretraining on :func:`rpp_source_task`.
-
-    Each has a ``test`` split (``per_class`` images per class) and a small ``val`` split (2 per class).
-    """
-    sizes = {"val": 2, "test": per_class}
-    out: list[Task] = []
-
-    names, classes = _object_classes(RPP_HELD_OUT_COLOURS)
-    out.append(_world_task(
-        "rpp-new-colours", "rpp-target", names, classes, _SOURCE_DOMAIN, seed=seed, image_size=image_size,
-        sizes={k: v * len(names) for k, v in sizes.items()}, templates=RPP_TEMPLATES,
-        description="new class names: the colours held out of the source set", meta={"shift": "classes"},
-    ))  # fmt: skip
-
-    count_names = [
-        f"{W.COUNT_WORDS[c - 1]} {s if c == 1 else _plural(s)}" for c in W.COUNTS for s in W.SHAPES
-    ]
-    count_classes = [{"count": c, "shape": s} for c in W.COUNTS for s in W.SHAPES]
-    out.append(_world_task(
-        "rpp-count-shape", "rpp-target", count_names, count_classes,
-        {"background": RPP_SOURCE_BACKGROUNDS, "style": "filled", "corruption": "none", "size": "small",
-         "position": "anywhere"},
-        seed=seed, image_size=image_size, sizes={k: v * len(count_names) for k, v in sizes.items()},
-        templates=("{}", "a picture of {}", "a photo of {}"),
-        description="new label space: count x shape (\"three stars\")", meta={"shift": "classes"},
-    ))  # fmt: skip
-
-    sub_names, sub_classes = _source_subset(seed, subset_classes)
-    sub_sizes = {k: v * len(sub_names) for k, v in sizes.items()}
-    domains = (
-        (
-            "rpp-domain-background",
-            {"background": ("checkered", "gradient")},
-            "unseen backgrounds (checkered, gradient)",
-        ),
-        ("rpp-domain-corruption", {"corruption": ("noise", "blur")}, "pixel noise or blur"),
-        ("rpp-domain-outline", {"style": "outline"}, "objects drawn as outlines"),
-    )
-    for name, shift, text in domains:
-        out.append(_world_task(
-            name, "rpp-target", sub_names, sub_classes, {**_SOURCE_DOMAIN, **shift}, seed=seed,
-            image_size=image_size, sizes=sub_sizes, templates=RPP_TEMPLATES,
-            description=f"new domain: {text}; {len(sub_names)} source classes", meta={"shift": "domain"},
-        ))  # fmt: skip
-    return out
-
-
-def base_to_new_task(*, seed: int = 0, image_size: int = 32, per_class: dict[str, int] | None = None) -> Task:
-    """colour x shape (64 classes) split into 32 base and 32 new classes, every colour and shape in both.
-
-    Splits: ``train`` / ``val`` (base classes only), ``test_base``, ``test_new``. Labels index the full
-    class list; ``meta["base"]`` / ``meta["new"]`` list the class indices of each half.
-    """
-    per_class = dict(per_class or {"train": 16, "val": 4, "test": 10})
-    names = [f"{c} {s}" for c in W.COLOUR_NAMES for s in W.SHAPES]
-    constraints = [{"colour": c, "shape": s} for c in W.COLOUR_NAMES for s in W.SHAPES]
-    # A Latin-square split: class (c, s) is base when (c + s + offset) is even, so each colour and each
-    # shape has four base and four new classes.
-    offset = int(np.random.default_rng(_sub_seed(seed, "b2n")).integers(0, 2))
-    base = [i for i in range(len(names)) if (i // len(W.SHAPES) + i % len(W.SHAPES) + offset) % 2 == 0]
-    new = [i for i in range(len(names)) if i not in set(base)]
-    common = {"count": 1, "corruption": "none"}
-    splits: dict[str, TaskSplit] = {}
-    for split, subset in (("train", base), ("val", base), ("test_base", base), ("test_new", new)):
-        per = per_class["test" if split.startswith("test") else split]
-        part = _world_split("rpp-base-to-new", split, seed, per * len(subset), image_size,
-                            [constraints[i] for i in subset], common)  # fmt: skip
-        mapping = torch.as_tensor(subset, dtype=torch.int64)
-        splits[split] = TaskSplit(part.images, mapping[part.labels])
-    return Task(
-        name="rpp-base-to-new", group="rpp-target", class_names=names, splits=splits, templates=RPP_TEMPLATES,
-        description="base-to-new: tune on 32 base colour-shape classes, test on base and on 32 new ones",
-        meta={"shift": "base-to-new", "base": base, "new": new},
-    )  # fmt: skip
-
-
-def rpp_suite(*, seed: int = 0, image_size: int = 32, source_per_class: dict[str, int] | None = None,
-              target_per_class: int = 10) -> dict[str, Any]:  # fmt: skip
-    """``{"source": Task, "targets": [Task, ...], "base_to_new": Task}``."""
-    return {
-        "source": rpp_source_task(seed=seed, image_size=image_size, per_class=source_per_class),
-        "targets": rpp_targets(seed=seed, image_size=image_size, per_class=target_per_class),
-        "base_to_new": base_to_new_task(seed=seed, image_size=image_size),
-    }
-
-
-# ---- ImageFolder zip writer ---------------------------------------------------------------------
-
-_ZIP_DATE = (2024, 1, 1, 0, 0, 0)  # fixed member timestamps: the same task always gives the same bytes
-
-
-def _folder_name(name: str) -> str:
-    cleaned = "".join(ch if ch.isalnum() or ch in " -_.," else "_" for ch in name).strip(" .")
-    return cleaned or "_"
-
-
-def write_imagefolder_zip(
-    task: Task, path: str | Path, *, splits: dict[str, str] | Sequence[str] | None = None
-) -> Path:
-    """Write ``task`` as an ImageFolder zip: ``<split>/<class name>/<n>.png``.
-
-    ``splits`` selects the task splits to write, or maps task split -> folder name (for base-to-new,
-    ``{"train": "train", "val": "val", "test_base": "test"}``). Default: whichever of train/val/test exist.
-    PNG bytes and zip metadata are deterministic, so the same task gives a byte-identical file.
-    """
-    from PIL import Image
-
-    mapping: dict[str, str]
-    if splits is None:
-        mapping = {s: s for s in ("train", "val", "test") if s in task.splits}
-    elif isinstance(splits, dict):
-        mapping = dict(splits)
-    else:
-        mapping = {s: s for s in splits}
-    folders = [_folder_name(c) for c in task.class_names]
-    if len(set(folders)) != len(folders):
-        raise ConfigError("class_names", "two class names map to the same folder name")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
-        for split, folder in mapping.items():
-            images, labels = task.split(split)
-            for i, (img, label) in enumerate(zip(images, labels.tolist(), strict=True)):
-                buf = io.BytesIO()
-                Image.fromarray(img.permute(1, 2, 0).numpy()).save(buf, format="PNG", optimize=False)
-                info = zipfile.ZipInfo(f"{folder}/{folders[label]}/{i:05d}.png", date_time=_ZIP_DATE)
-                zf.writestr(info, buf.getvalue())
-    tmp.replace(path)
-    return path
