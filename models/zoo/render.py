@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -81,13 +82,31 @@ def _scene_noise(batch: SceneBatch, index: np.ndarray, kind: int) -> np.ndarray:
 def _render_chunk(batch: SceneBatch, ss: int) -> np.ndarray:
     """Background and objects are rasterised at ``ss`` times the resolution, reduced to coverage (alpha)
     and premultiplied colour at the output resolution, and composited there ("over", slot by slot)."""
+    img = _render_background(batch, ss)
+    win = _object_windows(batch, ss)
+    mask = _object_masks(batch, win)
+    dark = _texture_marks(batch, win)
+    col = batch.rgb[win.scene].astype(np.float32)
+    shade = col * 0.28 + 0.03
+    # Coverage and premultiplied colour per output pixel: plain colour everywhere, minus the dark share.
+    alpha = _downsample(mask.astype(np.float32), ss)  # (m, w_out, w_out)
+    dark_share = _downsample((mask & dark).astype(np.float32), ss)
+    premult = (
+        alpha[..., None] * col[:, None, None, :] + dark_share[..., None] * (shade - col)[:, None, None, :]
+    )
+    _composite_objects(img, win, alpha, premult)
+    _apply_corruptions(batch, img)
+    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def _render_background(batch: SceneBatch, ss: int) -> np.ndarray:
+    """The background ``(n, H, W, 3)`` float32: a pattern value p in [0, 1] per pixel (rasterised at ``ss``
+    times the resolution and averaged down) mixes the scene's two tones; noisy ones get per-scene noise."""
     n, size = len(batch), batch.image_size
     hi = size * ss
     grid = (np.arange(hi, dtype=np.float32) + 0.5) / ss  # pixel centres in output-pixel units
     gx = grid[None, None, :]
     gy = grid[None, :, None]
-
-    # Background: a pattern value p in [0, 1] per pixel mixes the two tones.
     p = np.zeros((n, size, size), dtype=np.float32)
     bg = batch.background
     for name in ("striped", "checkered", "gradient"):
@@ -113,14 +132,30 @@ def _render_chunk(batch: SceneBatch, ss: int) -> np.ndarray:
         z = _scene_noise(batch, noisy, 0)
         low, chroma = z[..., :1] * np.float32(0.13), z[..., 1:] * np.float32(0.03)
         img[noisy] += low + chroma
+    return img
 
-    # Objects, flattened over the batch: each gets a square window around its centre, big enough for the
-    # largest object in the chunk, shifted inside the image at the borders (an object lies inside the
-    # image, so the shifted window still holds all of it).
+
+class _Windows(NamedTuple):
+    """The square sampling window of every object of a chunk, flattened over the batch (``m`` objects)."""
+
+    scene: np.ndarray  # (m,) the object's scene in the chunk
+    slot: np.ndarray  # (m,) its slot in that scene (compositing order)
+    centres: np.ndarray  # (m, 2) float32 x, y in output pixels
+    size: int  # window side in output pixels
+    ox: np.ndarray  # (m,) window's left edge in output pixels
+    oy: np.ndarray  # (m,) window's top edge
+    px: np.ndarray  # (m, 1, size * ss) x of each supersampled window column
+    py: np.ndarray  # (m, size * ss, 1) y of each supersampled window row
+
+
+def _object_windows(batch: SceneBatch, ss: int) -> _Windows:
+    """Each object gets a square window around its centre, big enough for the largest object in the chunk
+    (so one array holds them all), shifted inside the image at the borders (an object lies inside the
+    image, so the shifted window still holds all of it)."""
+    n, size = len(batch), batch.image_size
     counts = batch.count
     obj_scene = np.repeat(np.arange(n), counts)
     obj_slot = np.concatenate([np.arange(k) for k in counts]) if n else np.zeros(0, dtype=np.int64)
-    m = len(obj_scene)
     centres = (batch.centres[obj_scene, obj_slot] * size).astype(np.float32)  # output-pixel units
     w_out = min(size, int(math.ceil(2 * float(batch.radius.max(initial=0.0)) * size)) + 2)
     win = w_out * ss
@@ -129,18 +164,26 @@ def _render_chunk(batch: SceneBatch, ss: int) -> np.ndarray:
     local = (np.arange(win, dtype=np.float32) + 0.5) / ss
     px = ox[:, None, None] + local[None, None, :]  # (m, 1, win): x of each window sample
     py = oy[:, None, None] + local[None, :, None]  # (m, win, 1)
-    rad = (batch.radius[obj_scene] * size).astype(np.float32)[:, None, None]
+    return _Windows(obj_scene, obj_slot, centres, w_out, ox, oy, px, py)
+
+
+def _object_masks(batch: SceneBatch, win: _Windows) -> np.ndarray:
+    """Inside mask ``(m, win, win)`` of each object's shape at the supersampled window samples (an outline
+    is the shape minus the same shape scaled to 60 %)."""
+    obj_scene = win.scene
+    rad = (batch.radius[obj_scene] * batch.image_size).astype(np.float32)[:, None, None]
     ang = batch.angle[obj_scene]
     ca = np.cos(ang).astype(np.float32)[:, None, None]
     sa = np.sin(ang).astype(np.float32)[:, None, None]
-    dx = px - centres[:, 0, None, None]
-    dy = py - centres[:, 1, None, None]
+    dx = win.px - win.centres[:, 0, None, None]
+    dy = win.py - win.centres[:, 1, None, None]
     # Rotate the sample into the object frame (a clockwise turn of the object by `ang`).
     u = (dx * ca + dy * sa) / rad
     v = (-dx * sa + dy * ca) / rad
     shapes = batch.shape[obj_scene]
     outline = batch.style[obj_scene] == STYLES.index("outline")
-    mask = np.zeros((m, win, win), dtype=bool)
+    side = win.px.shape[-1]
+    mask = np.zeros((len(obj_scene), side, side), dtype=bool)
     for j, kind in enumerate(SHAPES):
         sel = np.nonzero(shapes == j)[0]
         if len(sel) == 0:
@@ -150,10 +193,16 @@ def _render_chunk(batch: SceneBatch, ss: int) -> np.ndarray:
         if o.any():
             mk[o] &= ~_shape_mask(kind, u[sel][o] / 0.6, v[sel][o] / 0.6)
         mask[sel] = mk
+    return mask
 
-    # Texture: dark stripes or dots over the object colour, in image coordinates.
+
+def _texture_marks(batch: SceneBatch, win: _Windows) -> np.ndarray:
+    """Where each object's texture darkens it ``(m, win, win)``: stripes or dots, in image coordinates (so a
+    pattern does not turn with the object)."""
+    obj_scene, px, py = win.scene, win.px, win.py
     tex = batch.texture[obj_scene]
-    dark = np.zeros((m, win, win), dtype=bool)
+    side = px.shape[-1]
+    dark = np.zeros((len(obj_scene), side, side), dtype=bool)
     per = batch.tex_period[obj_scene].astype(np.float32)[:, None, None]
     phase = batch.tex_phase[obj_scene].astype(np.float32)[:, None, None]
     st = np.nonzero(tex == TEXTURES.index("striped"))[0]
@@ -167,26 +216,23 @@ def _render_chunk(batch: SceneBatch, ss: int) -> np.ndarray:
         mx = np.mod(px[dt] + phase[dt] * pp, pp) - pp / 2
         my = np.mod(py[dt] + phase[dt] * pp, pp) - pp / 2
         dark[dt] = mx * mx + my * my <= (0.25 * pp) ** 2
-    col = batch.rgb[obj_scene].astype(np.float32)
-    shade = col * 0.28 + 0.03
-    # Coverage and premultiplied colour per output pixel: plain colour everywhere, minus the dark share.
-    alpha = _downsample(mask.astype(np.float32), ss)  # (m, w_out, w_out)
-    dark_share = _downsample((mask & dark).astype(np.float32), ss)
-    premult = (
-        alpha[..., None] * col[:, None, None, :] + dark_share[..., None] * (shade - col)[:, None, None, :]
-    )
+    return dark
 
-    # Composite slot by slot (later objects over earlier ones): one flat scatter per slot.
+
+def _composite_objects(img: np.ndarray, win: _Windows, alpha: np.ndarray, premult: np.ndarray) -> None:
+    """Composite the objects "over" ``img`` in place, slot by slot (later objects over earlier ones), with
+    one flat scatter per slot: within a slot every object belongs to a different scene, so none collide."""
+    size = img.shape[1]
     flat = img.reshape(-1, 3)
-    steps = np.arange(w_out)
+    steps = np.arange(win.size)
     for k in range(MAX_OBJECTS):
-        sel = np.nonzero(obj_slot == k)[0]
+        sel = np.nonzero(win.slot == k)[0]
         if len(sel) == 0:
             break
         index = (
-            obj_scene[sel][:, None, None] * (size * size)
-            + (oy[sel][:, None, None] + steps[None, :, None]) * size
-            + ox[sel][:, None, None]
+            win.scene[sel][:, None, None] * (size * size)
+            + (win.oy[sel][:, None, None] + steps[None, :, None]) * size
+            + win.ox[sel][:, None, None]
             + steps[None, None, :]
         )
         a = alpha[sel]
@@ -194,6 +240,9 @@ def _render_chunk(batch: SceneBatch, ss: int) -> np.ndarray:
         target = index[hit]
         flat[target] = premult[sel][hit] + flat[target] * (1.0 - a[hit])[:, None]
 
+
+def _apply_corruptions(batch: SceneBatch, img: np.ndarray) -> None:
+    """Blur or add per-scene pixel noise to the corrupted scenes of ``img``, in place."""
     corr = batch.corruption
     blur = np.nonzero(corr == CORRUPTIONS.index("blur"))[0]
     if len(blur):
@@ -201,7 +250,6 @@ def _render_chunk(batch: SceneBatch, ss: int) -> np.ndarray:
     noise = np.nonzero(corr == CORRUPTIONS.index("noise"))[0]
     if len(noise):
         img[noise] = img[noise] + _scene_noise(batch, noise, 1)[..., :3] * np.float32(0.14)
-    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 def _box_blur(img: np.ndarray) -> np.ndarray:
