@@ -27,11 +27,11 @@ def _hardware(device: str) -> str:
 def _registry(args: argparse.Namespace) -> Path:
     if args.registry:
         return Path(args.registry)
-    from ..zoo.build import build_zoo
+    from ..zoo.build import REGISTRY_NAME, build_zoo
 
     zoo_profile = args.zoo_profile or ZOO_PROFILE_FOR[args.profile]
-    result: dict[str, Any] = build_zoo(args.zoo, profile=zoo_profile, device=args.device)
-    return Path(result.get("registry_path") or Path(args.zoo) / "backbones.json")
+    build_zoo(args.zoo, profile=zoo_profile, device=args.device)  # writes ZOO/backbones.json
+    return Path(args.zoo) / REGISTRY_NAME
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .plan import SPT_INITS, get_profile
+from .plan import SPT_INITS, chosen_lr, get_profile
 from .runner import read_results
 
 GROUPS = {"digits": "natural", "shapes": "natural", "texture": "specialised", "background": "specialised",
@@ -30,21 +30,13 @@ def _mean(values: Iterable[float]) -> float:
 
 
 def final_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows that count: ok runs at the chosen lr (seed runs, and the select run at the chosen lr)."""
+    """The rows that count: ok seed runs, and the select run at the rate chosen on validation."""
     ok = [r for r in results if r.get("status") == "ok"]
-    chosen: dict[tuple[str, str, str, str], float] = {}
-    for r in ok:
-        if r["phase"] != "select":
-            continue
-        key = (r["table"], r["backbone"], r["task"], r["method"])
-        best = chosen.get(key)
-        cur = next((x for x in ok if x["phase"] == "select" and (x["table"], x["backbone"], x["task"],
-                    x["method"]) == key and x["lr"] == best), None) if best is not None else None  # fmt: skip
-        if cur is None or (r["val_acc"], -r["lr"]) > (cur["val_acc"], -cur["lr"]):
-            chosen[key] = r["lr"]
     rows = [r for r in ok if r["phase"] == "seed"]
-    rows += [r for r in ok if r["phase"] == "select" and chosen.get((r["table"], r["backbone"], r["task"],
-             r["method"])) == r["lr"]]  # fmt: skip
+    rows += [
+        r for r in ok
+        if r["phase"] == "select" and chosen_lr(ok, r["table"], r["backbone"], r["task"], r["method"]) == r["lr"]
+    ]  # fmt: skip
     return rows
 
 

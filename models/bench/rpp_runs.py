@@ -82,9 +82,8 @@ def _base_to_new(run: dict[str, Any], backbone: Backbone, task: Task, pretrained
     if pretrained:
         model.load_learned_state_dict(pretrained)
     if run["method"] != "zero-shot" and profile.rpp_b2n_epochs > 0:
-        b2n_run = {**run, "lr": run["lr"]}
         _fit(model, _remapped(task, "train", base, backbone), _remapped(task, "val", base, backbone),
-             b2n_run, profile.rpp_b2n_epochs, profile)  # fmt: skip
+             run, profile.rpp_b2n_epochs, profile)  # fmt: skip
     base_acc = accuracy(model, _remapped(task, "test_base", base, backbone))
     model.set_class_names(new_names)
     new_acc = accuracy(model, _remapped(task, "test_new", new, backbone))
