@@ -1,6 +1,6 @@
 """The ``promptune`` command: serve, worker, migrate, keys, demo.
 
-Every setting comes from ``PROMPTUNE_*`` environment variables (app/settings.py); the flags here
+Every setting comes from ``PROMPTUNE_*`` environment variables (app/core/settings.py); the flags here
 only choose what to run.
 """
 
@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from app.settings import get_settings
+from app.core.settings import get_settings
 
 _ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,7 +36,7 @@ def migrate_database(database_url: str | None = None) -> None:
 
     url = database_url or get_settings().resolved_database_url
     if url.startswith("sqlite"):
-        from app.db.session import make_engine
+        from app.core.db.session import make_engine
 
         make_engine(url).dispose()  # creates the parent folder of the SQLite file
     command.upgrade(alembic_config(url), "head")  # type: ignore[arg-type]
@@ -66,8 +66,8 @@ def _migrate(_: argparse.Namespace) -> int:
 
 
 def _keys_create(args: argparse.Namespace) -> int:
-    from app.db import repo
-    from app.db.session import session_scope
+    from app.core.db import repo
+    from app.core.db.session import session_scope
 
     with session_scope(get_settings().resolved_database_url) as session:
         tenant = repo.get_or_create_tenant(session=session, name=args.tenant)
@@ -78,7 +78,7 @@ def _keys_create(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from app.demo import run_demo
+    from devstack.demo import run_demo
 
     return run_demo(once=args.once, port=args.port)
 

@@ -12,13 +12,13 @@ from fastapi import FastAPI
 
 from app.api.errors import install_error_handlers
 from app.api.routes import backbones, datasets, health, jobs, predict, tuned_models
-from app.backbones import RegistryFile
-from app.db import repo
-from app.db.session import get_engine, session_factory
+from app.core.backbones import RegistryFile
+from app.core.db import repo
+from app.core.db.session import get_engine, session_factory
+from app.core.settings import Settings, get_settings
+from app.core.storage import make_storage
 from app.inference import InferenceCache
 from app.metrics import Metrics, MetricsMiddleware
-from app.settings import Settings, get_settings
-from app.storage import make_storage
 
 log = logging.getLogger("promptune.api")
 

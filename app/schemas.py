@@ -77,7 +77,7 @@ class BackbonePublic(BaseModel):
 
 # ---- jobs ----------------------------------------------------------------------------------------
 class JobCreate(BaseModel):
-    """``config`` is validated per method by app.job_config (unknown fields -> invalid_config)."""
+    """``config`` is validated per method by app.core.job_plan (unknown fields -> invalid_config)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -1,4 +1,4 @@
-"""Alembic environment: the URL comes from app.settings (or an explicit sqlalchemy.url override).
+"""Alembic environment: the URL comes from app.core.settings (or an explicit sqlalchemy.url override).
 
 render_as_batch makes ALTER TABLE work on SQLite (move-and-copy); compare_type catches column type drift.
 """
@@ -8,8 +8,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from app.db.tables import Base
-from app.settings import get_settings
+from app.core.db.tables import Base
+from app.core.settings import get_settings
 
 config = context.config
 target_metadata = Base.metadata
@@ -39,7 +39,7 @@ def run_migrations_online() -> None:
         return
     url = _url()
     if url.startswith("sqlite"):
-        from app.db.session import make_engine
+        from app.core.db.session import make_engine
 
         engine = make_engine(url)  # creates the parent folder and applies the SQLite pragmas
     else:

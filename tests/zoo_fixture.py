@@ -5,7 +5,7 @@
 the recipe hash and the weights' sha256 still match (models/zoo/build.py), and returns its registry.
 The folder is ``$PROMPTUNE_TEST_ZOO_DIR`` or the git-ignored ``.cache/zoo`` of the checkout; a file
 lock lets two test sessions share it. Tests that need a backbone but claim nothing about learning keep
-the instant random-init ``demo-vit`` / ``demo-clip`` (app/demo_backbones.py).
+the instant random-init ``demo-vit`` / ``demo-clip`` (devstack/backbones.py).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def zoo_cache_dir() -> Path:
 
 def build_test_zoo(folder: Path) -> Path:
     """Build (or reuse) the test backbones in ``folder`` under an exclusive lock; returns the registry."""
-    from app.demo_backbones import ensure_zoo
+    from devstack.backbones import ensure_zoo
 
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".lock", "w") as lock:

@@ -23,7 +23,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
 
-from app.settings import Settings, get_settings
+from app.core.settings import Settings, get_settings
 from worker import shutdown
 
 JOBS_QUEUE = "jobs"
@@ -91,7 +91,7 @@ def enqueue_job(job_id: str, *, countdown: float | None = None) -> None:
 def _reset_db_pool_after_fork(**_: Any) -> None:
     # A forked pool process must not reuse database connections opened by the parent
     # (SQLAlchemy "Using Connection Pools with Multiprocessing").
-    from app.db.session import get_engine
+    from app.core.db.session import get_engine
 
     get_engine(get_settings().resolved_database_url).dispose(close=False)
     shutdown.mark_pool_process()  # SIGTERM during a task: hand its job back (worker/shutdown.py)

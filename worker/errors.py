@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def classify_error(exc: BaseException) -> tuple[str, str, bool]:
     """``(code, message, retryable)`` for an exception raised while running a job."""
-    from app.job_config import JobConfigError
+    from app.core.job_plan import JobConfigError
     from models.errors import PromptuneError
 
     if isinstance(exc, PromptuneError):

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from app.settings import Settings
+from app.core.settings import Settings
 from worker.state import JobStore, ReapResult
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def _clear_finished(settings: Settings, job_ids: list[str]) -> None:
     """Delete the stored resume state of jobs the reaper ended: nothing will resume them."""
     if not job_ids:
         return
-    from app.storage import make_storage
+    from app.core.storage import make_storage
     from worker.sync import ResumeSync
 
     storage = make_storage(settings.storage_url, settings.data_dir)
@@ -83,7 +83,7 @@ class ReaperThread(threading.Thread):
 
 def sweep_storage(settings: Settings) -> int:
     """Delete temp files and staging folders that killed writers left (older than the setting)."""
-    from app.storage import make_storage
+    from app.core.storage import make_storage
 
     try:
         removed = make_storage(settings.storage_url, settings.data_dir).sweep_abandoned(

@@ -33,8 +33,8 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.settings import Settings, get_settings
-from app.storage import Storage, make_storage, model_key
+from app.core.settings import Settings, get_settings
+from app.core.storage import Storage, make_storage, model_key
 from worker import shutdown
 from worker.errors import classify_error
 from worker.reporting import JobReporter, LeaseKeeper, LeaseLost, jsonable
@@ -200,9 +200,9 @@ class JobRun:
         )
 
     def _plan(self) -> Any:
-        """The job's configs, validated exactly as the API validated them (app/job_config.py)."""
-        from app.backbones import load_registry
-        from app.job_config import build_plan
+        """The job's configs, validated exactly as the API validated them (app/core/job_plan.py)."""
+        from app.core.backbones import load_registry
+        from app.core.job_plan import build_plan
 
         return build_plan(
             method=self.spec.method,
@@ -281,7 +281,7 @@ class JobRun:
     def _save(
         self, method: PromptMethod, train_config: TrainConfig, metrics: dict[str, Any], data: LoadedData
     ) -> str:
-        from app.db.tables import new_id
+        from app.core.db.tables import new_id
         from models import save_checkpoint
 
         model_id = new_id()

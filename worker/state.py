@@ -24,8 +24,8 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from app.db.session import session_factory, transaction
-from app.db.tables import Dataset, Job, JobEvent, TunedModel, new_id, utcnow
+from app.core.db.session import session_factory, transaction
+from app.core.db.tables import Dataset, Job, JobEvent, TunedModel, new_id, utcnow
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 ClaimOutcome = Literal["claimed", "busy", "finished", "missing", "exhausted", "cancelled"]
@@ -84,7 +84,7 @@ def _claimable(now: datetime) -> ColumnElement[bool]:
 
 
 class JobStore:
-    """Job state transitions against one database URL (the API's tables, see app/db/tables.py)."""
+    """Job state transitions against one database URL (the API's tables, see app/core/db/tables.py)."""
 
     def __init__(self, database_url: str, *, clock: Callable[[], datetime] = utcnow) -> None:
         self._sessions = session_factory(database_url)

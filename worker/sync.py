@@ -7,7 +7,7 @@ import re
 import shutil
 from pathlib import Path
 
-from app.storage import Storage, job_prefix
+from app.core.storage import Storage, job_prefix
 
 _STATE_NAME = re.compile(r"^state[A-Za-z0-9._-]*\.(json|safetensors)$")
 

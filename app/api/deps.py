@@ -13,12 +13,12 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from app.api.errors import ApiError
-from app.backbones import BackboneRegistry
-from app.db import repo
-from app.db.tables import Tenant
+from app.core.backbones import BackboneRegistry
+from app.core.db import repo
+from app.core.db.tables import Tenant
+from app.core.settings import Settings
+from app.core.storage import Storage
 from app.inference import InferenceCache
-from app.settings import Settings
-from app.storage import Storage
 
 _BEARER_HEADERS = {"WWW-Authenticate": "Bearer"}
 

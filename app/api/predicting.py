@@ -11,12 +11,12 @@ from sqlalchemy.orm import Session
 
 from app.api.errors import ApiError, not_found
 from app.api.uploads import MultipartForm
-from app.backbones import BackboneRegistry
-from app.db import repo
-from app.db.tables import TunedModel
+from app.core.backbones import BackboneRegistry
+from app.core.db import repo
+from app.core.db.tables import TunedModel
+from app.core.settings import Settings
+from app.core.storage import Storage, StorageError
 from app.ingest.images import ImageRejected, decode_image
-from app.settings import Settings
-from app.storage import Storage, StorageError
 from models.backbones.spec import BackboneSpec
 
 log = logging.getLogger("promptune.api")

@@ -15,10 +15,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from app.db.session import get_engine
-from app.db.tables import Base
+from app.core.db.session import get_engine
+from app.core.db.tables import Base
+from app.core.settings import Settings
 from app.main import create_app
-from app.settings import Settings
 from migrations import upgrade
 from tests.api.helpers import auth, create_key
 from tests.services import PostgresServer, postgres_server, redis_server  # noqa: F401 - fixtures

@@ -10,8 +10,8 @@ from collections.abc import Iterable
 
 from PIL import Image
 
-from app.db import repo
-from app.db.session import session_scope
+from app.core.db import repo
+from app.core.db.session import session_scope
 
 COLORS = {"red": (220, 20, 20), "green": (20, 200, 40), "blue": (30, 40, 220)}
 

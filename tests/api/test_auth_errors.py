@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from app.db import repo
-from app.db.session import session_scope
-from app.db.tables import ApiKey
-from app.security import generate_key, hash_key, parse_prefix, verify_key
+from app.core.db import repo
+from app.core.db.session import session_scope
+from app.core.db.tables import ApiKey
+from app.core.security import generate_key, hash_key, parse_prefix, verify_key
 from tests.api.helpers import auth
 from tests.api.test_datasets import assert_error
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from app.backbones import RegistryError, parse_registry, weights_available
+from app.core.backbones import RegistryError, parse_registry, weights_available
 from models.backbones.spec import BackboneSpec
 
 

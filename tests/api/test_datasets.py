@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from app.settings import Settings
+from app.core.settings import Settings
 from tests.api.helpers import COLORS, image_folder_zip, make_zip, manifest_zip, png_bytes, webdataset_tar
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from app.db.session import get_engine
+from app.core.db.session import get_engine
+from app.core.settings import Settings
 from app.main import create_app
-from app.settings import Settings
 from tests.api.helpers import image_folder_zip
 from tests.services import RedisServer
 

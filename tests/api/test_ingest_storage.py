@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from app.core.storage import FsspecStorage, LocalStorage, StorageError, check_key, make_storage
 from app.ingest.archive import ArchiveError, ArchiveLimits, _Budget, check_member_name
 from app.ingest.images import ImageRejected, check_image, decode_image
-from app.storage import FsspecStorage, LocalStorage, StorageError, check_key, make_storage
 from tests.api.helpers import png_bytes
 
 LIMITS = ArchiveLimits(

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from app.db import repo
-from app.db.session import session_scope
-from app.db.tables import Job
+from app.core.db import repo
+from app.core.db.session import session_scope
+from app.core.db.tables import Job
 from tests.api.helpers import image_folder_zip
 from tests.api.test_datasets import assert_error
 

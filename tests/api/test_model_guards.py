@@ -13,10 +13,10 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from app.db import repo
-from app.db.session import session_scope
-from app.db.tables import TunedModel
-from app.settings import Settings
+from app.core.db import repo
+from app.core.db.session import session_scope
+from app.core.db.tables import TunedModel
+from app.core.settings import Settings
 from tests.api.test_datasets import assert_error
 from tests.api.test_models import add_model, backbones_file, image_files, zoo  # noqa: F401 - fixtures
 from worker.state import JobStore

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from app.db import repo
-from app.db.session import session_scope
-from app.settings import Settings
-from app.storage import model_key
+from app.core.db import repo
+from app.core.db.session import session_scope
+from app.core.settings import Settings
+from app.core.storage import model_key
 from tests.api.helpers import png_bytes
 from tests.api.test_datasets import assert_error
 from tests.tiny import TINY_CLIP_CONFIG, tiny_clip_spec, tiny_vit_spec
@@ -78,7 +78,7 @@ def add_model(
     store: bool = True,
 ) -> str:
     """A tuned_models row for ``tenant`` whose checkpoint (from the zoo) sits in the app's storage."""
-    from app.storage import make_storage
+    from app.core.storage import make_storage
 
     path, sha = zoo[method]
     with session_scope(database_url) as session:

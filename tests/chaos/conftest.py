@@ -16,9 +16,9 @@ import pytest
 from safetensors.torch import load
 
 from app.cli import migrate_database
-from app.db.session import session_scope
-from app.demo_backbones import ensure_demo_backbones
-from app.local_stack import free_port, start_api, wait_ready
+from app.core.db.session import session_scope
+from devstack.backbones import ensure_demo_backbones
+from devstack.stack import free_port, start_api, wait_ready
 from tests.chaos.stack import ChaosStack, Redis
 
 # 40 training images, batch 8: 5 steps per epoch, 40 steps; a resume state every 4 steps and at
@@ -77,7 +77,7 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChaosStack]:
     log_dir = data_dir / "logs"
     port = free_port()
     api = start_api(env, port, log_dir)
-    from app.db import repo
+    from app.core.db import repo
 
     with session_scope(db_url) as session:
         tenant = repo.create_tenant(session=session, name="chaos")
@@ -101,7 +101,7 @@ def _own_workers(chaos: ChaosStack) -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def job_body(chaos: ChaosStack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from app.sample_data import write_digits_zip
+    from devstack.sample_data import write_digits_zip
 
     archive = write_digits_zip(tmp_path_factory.mktemp("digits") / "digits.zip", per_class=6)
     with chaos.client() as client, open(archive, "rb") as fh:

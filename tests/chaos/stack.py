@@ -1,6 +1,6 @@
 """The real stack the chaos tests break: a restartable redis-server, the API under uvicorn, Celery workers.
 
-Every piece is a real process (app/local_stack.py); the test process reads job state straight from the
+Every piece is a real process (devstack/stack.py); the test process reads job state straight from the
 shared SQLite database (WAL), so it sees every committed change within one 20 ms poll. Workers write
 ``jobs.progress`` after every step here (``PROMPTUNE_PROGRESS_INTERVAL_SECONDS=0``), which makes the
 step a worker had reached when it was killed exact: ``round(progress * total_steps)``.
@@ -22,9 +22,9 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
-from app.db.session import session_scope
-from app.db.tables import Job, JobEvent, TunedModel
-from app.local_stack import Proc, redis_alive, start_worker
+from app.core.db.session import session_scope
+from app.core.db.tables import Job, JobEvent, TunedModel
+from devstack.stack import Proc, redis_alive, start_worker
 
 POLL_SECONDS = 0.02
 FIGURES_ENV = "PROMPTUNE_CHAOS_FIGURES"

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from app.settings import Settings
+from app.core.settings import Settings
 from tests.chaos.conftest import LEASE_SECONDS, MAX_ATTEMPTS, REAPER_SECONDS, max_abs_diff, runs
 from tests.chaos.stack import ChaosStack, claims, report
 from worker.celery_app import JOBS_QUEUE, RUN_JOB_TASK, create_celery_app

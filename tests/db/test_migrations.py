@@ -9,8 +9,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from app.db.session import get_engine
-from app.db.tables import Base
+from app.core.db.session import get_engine
+from app.core.db.tables import Base
 from migrations import current_revision, downgrade, head_revision, upgrade
 from tests.services import PostgresServer, postgres_server  # noqa: F401 - fixture
 
@@ -34,7 +34,7 @@ def test_upgrade_downgrade_roundtrip(empty_url: str) -> None:
 
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
-    assert diff == [], diff  # the migration creates exactly what app/db/tables.py declares
+    assert diff == [], diff  # the migration creates exactly what app/core/db/tables.py declares
 
     downgrade(empty_url, "base")
     assert set(inspect(engine).get_table_names()) <= {"alembic_version"}

@@ -1,7 +1,7 @@
 """The real stack for end-to-end tests: redis-server, the API under uvicorn, Celery worker subprocesses.
 
 SQLite (WAL) is shared by the API, the workers and the test process; the backbones are the seeded
-random-init tiny ViT and CLIP (``demo-vit``, ``demo-clip``: app/demo_backbones.py), plus, for the tests
+random-init tiny ViT and CLIP (``demo-vit``, ``demo-clip``: devstack/backbones.py), plus, for the tests
 that claim learning, the zoo's pretrained ``zoo-vit-mae-tiny`` (fixture ``zoo_vit``: built once, quick
 profile, added to the running stack's registry, which the API and the workers re-read). Leases and the
 reaper run on short timers so that worker-loss recovery takes seconds.
@@ -22,9 +22,9 @@ import httpx
 import pytest
 
 from app.cli import migrate_database
-from app.demo_backbones import ensure_demo_backbones
-from app.demo_steps import follow_job
-from app.local_stack import Proc, free_port, start_api, start_worker, wait_ready
+from devstack.backbones import ensure_demo_backbones
+from devstack.demo_steps import follow_job
+from devstack.stack import Proc, free_port, start_api, start_worker, wait_ready
 from tests.services import RedisServer, redis_server  # noqa: F401 - pytest fixture
 from tests.zoo_fixture import ZOO_TEST_BACKBONES, merge_registries
 
@@ -79,8 +79,8 @@ def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -
     log_dir = data_dir / "logs"
     port = free_port()
     api = start_api(env, port, log_dir)
-    from app.db import repo
-    from app.db.session import session_scope
+    from app.core.db import repo
+    from app.core.db.session import session_scope
 
     with session_scope(db_url) as session:
         tenant = repo.create_tenant(session=session, name="e2e")
@@ -109,7 +109,7 @@ def zoo_vit(stack: Stack, zoo_registry: Path) -> str:
 def upload_digits(
     client: httpx.Client, tmp_path: Path, *, per_class: int = 10, resample: str = "nearest"
 ) -> dict[str, Any]:
-    from app.sample_data import write_digits_zip
+    from devstack.sample_data import write_digits_zip
 
     archive = write_digits_zip(tmp_path / "digits.zip", per_class=per_class, resample=resample)
     with open(archive, "rb") as fh:

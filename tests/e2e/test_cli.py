@@ -10,9 +10,9 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from app.db import repo
-from app.db.session import session_scope
-from app.db.tables import ApiKey, Tenant
+from app.core.db import repo
+from app.core.db.session import session_scope
+from app.core.db.tables import ApiKey, Tenant
 
 
 def promptune(*args: str, data_dir: Path) -> str:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from app.local_stack import Proc
-from app.sample_data import digit_images
+from devstack.sample_data import digit_images
+from devstack.stack import Proc
 from tests.e2e.conftest import Stack, checkpoint_sha256, upload_digits, wait_job
 
 pytestmark = pytest.mark.services

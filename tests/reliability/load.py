@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from app.settings import Settings
+from app.core.settings import Settings
 from tests.reliability.world import World, predict_files
 from tests.services import free_port
 

@@ -2,7 +2,7 @@
 
 Every claimer gets every job id (each in its own shuffled order, as duplicate deliveries would arrive) and
 all start together on a barrier. Each job must be claimed exactly once. On PostgreSQL 8 claimers race; on
-SQLite (WAL, busy_timeout from app/db/session.py) 16 claimers race and none may see "database is locked".
+SQLite (WAL, busy_timeout from app/core/db/session.py) 16 claimers race and none may see "database is locked".
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from app.db.session import session_scope
-from app.db.tables import Job, JobEvent, Tenant
+from app.core.db.session import session_scope
+from app.core.db.tables import Job, JobEvent, Tenant
 from worker.state import JobStore
 
 JOBS = 200

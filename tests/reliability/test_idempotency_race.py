@@ -14,11 +14,11 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from app.db import repo
-from app.db.session import make_engine, session_scope
-from app.db.tables import Job
+from app.core.db import repo
+from app.core.db.session import make_engine, session_scope
+from app.core.db.tables import Job
+from app.core.settings import Settings
 from app.main import create_app
-from app.settings import Settings
 from tests.api.helpers import auth, create_key
 from tests.reliability.live import live_server
 

@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from app.cli import migrate_database
+from app.core.settings import Settings
 from app.main import create_app
-from app.settings import Settings
 from tests.reliability.live import live_server
 from tests.services import PostgresServer, _as_postgres, _wait_port, free_port, start_postgres
 

@@ -38,8 +38,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from app.db.session import session_scope
-from app.db.tables import TunedModel
+from app.core.db.session import session_scope
+from app.core.db.tables import TunedModel
 from app.main import create_app
 from tests.reliability.world import World, build_world, predict_files, world_settings
 
@@ -50,7 +50,7 @@ FLIPS = 50
 
 _WRITER = r"""
 import os, shutil, signal, sys
-from app.storage import LocalStorage
+from app.core.storage import LocalStorage
 
 root, key, src, mode, keep = sys.argv[1:6]
 

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from app.cli import migrate_database
-from app.db import repo
-from app.db.session import session_scope
-from app.db.tables import Job
-from app.settings import Settings
+from app.core.db import repo
+from app.core.db.session import session_scope
+from app.core.db.tables import Job
+from app.core.settings import Settings
 from tests.api.helpers import auth, image_folder_zip, png_bytes
 from tests.tiny import TINY_CLIP_CONFIG
 

@@ -23,12 +23,12 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from app.db import repo
-from app.db.session import session_scope
-from app.db.tables import Dataset, Job, JobEvent, TunedModel
-from app.security import generate_key
-from app.settings import Settings
-from app.storage import model_key
+from app.core.db import repo
+from app.core.db.session import session_scope
+from app.core.db.tables import Dataset, Job, JobEvent, TunedModel
+from app.core.security import generate_key
+from app.core.settings import Settings
+from app.core.storage import model_key
 from tests.api.helpers import auth, image_folder_zip, png_bytes
 from tests.api.test_datasets import assert_error
 from tests.tiny import tiny_vit_spec

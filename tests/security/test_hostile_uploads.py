@@ -23,11 +23,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from app.db import repo
-from app.db.session import get_engine, session_scope
+from app.core.db import repo
+from app.core.db.session import get_engine, session_scope
+from app.core.settings import Settings
+from app.core.storage import model_key
 from app.ingest.images import FORMAT_EXTENSIONS, ImageRejected, check_image
-from app.settings import Settings
-from app.storage import model_key
 from tests.api.helpers import png_bytes
 from tests.security import corpus as c
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from app.db.session import session_scope
-from app.db.tables import Dataset, Job, Tenant
-from app.sample_data import CLASS_NAMES
-from app.storage import Storage
+from app.core.db.session import session_scope
+from app.core.db.tables import Dataset, Job, Tenant
+from app.core.storage import Storage
+from devstack.sample_data import CLASS_NAMES
 from tests.services import postgres_server, redis_server  # noqa: F401 - pytest fixtures
 from tests.worker.dbs import database_url
 
@@ -88,7 +88,7 @@ def job_row(db_url: str, job_id: str) -> Job:
 @pytest.fixture(scope="session")
 def zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo backbones (seeded random tiny ViT + CLIP written to disk with sha256) and their registry."""
-    from app.demo_backbones import ensure_demo_backbones
+    from devstack.backbones import ensure_demo_backbones
 
     return ensure_demo_backbones(tmp_path_factory.mktemp("zoo"))
 
@@ -97,7 +97,7 @@ def write_digits_dataset(
     storage: Storage, prefix: str, *, per_class: int, classes: int = 10, corrupt: bool = False
 ) -> list[str]:
     """The canonical stored layout (images/<n>.png + manifest.jsonl) of a digits subset; returns the classes."""
-    from app.sample_data import digit_images
+    from devstack.sample_data import digit_images
 
     items = [d for d in digit_images(per_class=per_class) if d.label in CLASS_NAMES[:classes]]
     with tempfile.TemporaryDirectory() as tmp:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from app.cli import migrate_database
-from app.db.session import get_engine
+from app.core.db.session import get_engine
 
 
 def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:

@@ -14,9 +14,9 @@ from sqlalchemy import update
 
 import worker.celery_app as celery_module
 import worker.tasks  # noqa: F401 - registers the task
-from app.db.session import session_scope
-from app.db.tables import Job, utcnow
-from app.settings import Settings
+from app.core.db.session import session_scope
+from app.core.db.tables import Job, utcnow
+from app.core.settings import Settings
 from tests.services import RedisServer
 from worker.celery_app import JOBS_QUEUE, RUN_JOB_TASK, create_celery_app, enqueue_job
 from worker.reaper import reap_once

@@ -14,10 +14,10 @@ import pytest
 from safetensors.torch import load_file
 from sqlalchemy import select
 
-from app.db.session import session_scope
-from app.db.tables import JobEvent, TunedModel
-from app.settings import Settings
-from app.storage import LocalStorage
+from app.core.db.session import session_scope
+from app.core.db.tables import JobEvent, TunedModel
+from app.core.settings import Settings
+from app.core.storage import LocalStorage
 from tests.worker.conftest import job_row
 from tests.worker.test_runner import SPT, db_url, digits, settings, storage  # noqa: F401 - fixtures
 from worker import shutdown

@@ -16,10 +16,10 @@ import pytest
 from safetensors.torch import load_file
 from sqlalchemy import select, update
 
-from app.db.session import session_scope
-from app.db.tables import Job, JobEvent, TunedModel
-from app.settings import Settings
-from app.storage import LocalStorage, Storage
+from app.core.db.session import session_scope
+from app.core.db.tables import Job, JobEvent, TunedModel
+from app.core.settings import Settings
+from app.core.storage import LocalStorage, Storage
 from models.backbones.weights import sha256_file
 from tests.worker.conftest import job_row, write_digits_dataset
 from worker.runner import run_job
@@ -241,7 +241,7 @@ def test_error_codes() -> None:
     import torch
     from celery.exceptions import SoftTimeLimitExceeded
 
-    from app.job_config import JobConfigError
+    from app.core.job_plan import JobConfigError
     from models.errors import ConfigError, DataError, WeightsIntegrityError, WeightsNotFoundError
     from worker.runner import classify_error
 

@@ -8,8 +8,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 
-from app.db.session import session_scope
-from app.db.tables import Job, JobEvent, TunedModel, utcnow
+from app.core.db.session import session_scope
+from app.core.db.tables import Job, JobEvent, TunedModel, utcnow
 from tests.worker.conftest import job_row
 from worker.state import JobStore, as_utc
 

@@ -6,8 +6,8 @@ import os
 import time
 from pathlib import Path
 
-from app.settings import Settings
-from app.storage import LocalStorage, make_storage
+from app.core.settings import Settings
+from app.core.storage import LocalStorage, make_storage
 from worker.reaper import sweep_storage
 
 

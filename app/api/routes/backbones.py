@@ -7,7 +7,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import RegistryDep, TenantDep
 from app.api.errors import error_responses
-from app.backbones import weights_available
+from app.core.backbones import weights_available
 from app.schemas import BackbonePublic
 
 router = APIRouter(prefix="/v1/backbones", tags=["backbones"], responses=error_responses(401))

@@ -10,12 +10,12 @@ from starlette.concurrency import run_in_threadpool
 from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
 from app.api.errors import ApiError, error_responses, not_found
 from app.api.uploads import multipart_openapi, read_multipart
-from app.db import repo
-from app.db.tables import Dataset, new_id
+from app.core.db import repo
+from app.core.db.tables import Dataset, new_id
+from app.core.storage import dataset_prefix, temp_dir
 from app.ingest.archive import ArchiveLimits
 from app.ingest.datasets import DatasetRejected, IngestLimits, ingest_archive
 from app.schemas import MAX_SQL_INTEGER, DatasetPublic, ErrorResponse
-from app.storage import dataset_prefix, temp_dir
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=error_responses(401, 422))
 

@@ -15,9 +15,9 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import RegistryDep, SessionDep, SettingsDep, TenantDep
 from app.api.errors import ApiError, error_responses, not_found
-from app.db import repo
-from app.db.tables import Job
-from app.job_config import JobConfigError, build_plan
+from app.core.db import repo
+from app.core.db.tables import Job
+from app.core.job_plan import JobConfigError, build_plan
 from app.schemas import (
     MAX_SQL_INTEGER,
     TERMINAL_STATUSES,

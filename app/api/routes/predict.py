@@ -13,8 +13,8 @@ from app.api.deps import InferenceDep, RegistryDep, SessionDep, SettingsDep, Sto
 from app.api.errors import ApiError, error_responses
 from app.api.predicting import as_predictions, library_error, parse_top_k, read_images, ready_model
 from app.api.uploads import MultipartForm, multipart_openapi, read_multipart
+from app.core.job_plan import JobConfigError, resolve_backbone
 from app.inference import predict_zero_shot
-from app.job_config import JobConfigError, resolve_backbone
 from app.schemas import PredictionResponse
 from models.errors import PromptuneError
 

@@ -20,7 +20,7 @@ from app.api.predicting import (
     verify_stored_checkpoint,
 )
 from app.api.uploads import multipart_openapi, read_multipart
-from app.db import repo
+from app.core.db import repo
 from app.inference import predict_tuned
 from app.schemas import MAX_SQL_INTEGER, ErrorResponse, PredictionResponse, TunedModelPublic
 from models.errors import PromptuneError

@@ -1,6 +1,6 @@
 """The local stack as child processes: a private redis-server, the API under uvicorn, Celery workers.
 
-Used by ``promptune demo`` (app/demo.py) and the end-to-end tests. Every child runs in its own session
+Used by ``promptune demo`` (devstack/demo.py) and the end-to-end tests. Every child runs in its own session
 with its output in a log file, and is stopped by its own pid, never by name.
 """
 

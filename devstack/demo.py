@@ -9,8 +9,8 @@ digits, trains an SPT job on the ViT while printing its events, predicts a few t
 the colour of world images zero-shot with the CLIP. ``--once`` stops everything after that; otherwise
 the stack keeps serving until Ctrl-C.
 
-The process helpers live in app/local_stack.py, the backbones in app/demo_backbones.py and the API
-walkthrough in app/demo_steps.py; the names the end-to-end tests use are re-exported here.
+The process helpers live in devstack/stack.py, the backbones in devstack/backbones.py and the API
+walkthrough in devstack/demo_steps.py; the names the end-to-end tests use are re-exported here.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.demo_backbones import (
+from app.core.settings import get_settings
+from devstack.backbones import (
     DEMO_ZOO_CLIP,
     DEMO_ZOO_PROFILE,
     DEMO_ZOO_VIT,
@@ -28,9 +29,8 @@ from app.demo_backbones import (
     ensure_demo_backbones,
     ensure_zoo,
 )
-from app.demo_steps import follow_job, predict_digits, say, spt_on_digits, zero_shot_colours
-from app.local_stack import Proc, free_port, redis_alive, start_api, start_redis, start_worker, wait_ready
-from app.settings import get_settings
+from devstack.demo_steps import follow_job, predict_digits, say, spt_on_digits, zero_shot_colours
+from devstack.stack import Proc, free_port, redis_alive, start_api, start_redis, start_worker, wait_ready
 
 __all__ = [
     "Proc",
@@ -121,8 +121,8 @@ def _zoo_backbones(zoo_dir: Path) -> ZooBuild:
 
 
 def _create_key(database_url: str) -> str:
-    from app.db import repo
-    from app.db.session import session_scope
+    from app.core.db import repo
+    from app.core.db.session import session_scope
 
     with session_scope(database_url) as session:
         tenant = repo.get_or_create_tenant(session=session, name="demo")
@@ -133,7 +133,7 @@ def _create_key(database_url: str) -> str:
 def _walkthrough(base_url: str, key: str, data_dir: Path) -> dict[str, Any]:
     import httpx
 
-    from app.sample_data import write_digits_zip
+    from devstack.sample_data import write_digits_zip
 
     # Bilinear upscaling: how the zoo's backbones saw digits in pretraining (cheap and deterministic).
     archive = write_digits_zip(data_dir / "sample" / "digits.zip", resample="bilinear")

@@ -15,8 +15,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.db.tables import ApiKey, Dataset, Job, JobEvent, Tenant, TunedModel, utcnow
-from app.security import generate_key, parse_prefix, verify_key
+from app.core.db.tables import ApiKey, Dataset, Job, JobEvent, Tenant, TunedModel, utcnow
+from app.core.security import generate_key, parse_prefix, verify_key
 
 ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed", "cancelled")

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.demo_backbones import DEMO_ZOO_CLIP, DEMO_ZOO_VIT
+from devstack.backbones import DEMO_ZOO_CLIP, DEMO_ZOO_VIT
 
 # On the zoo's MAE ViT (demo profile): deep prompts from a prototype init (SPT's "random": prompts start
 # as tokens sampled from the training images' own tokens). Measured once with this config on the demo
@@ -72,7 +72,7 @@ def spt_on_digits(client: Any, archive: Path) -> dict[str, Any]:
 
 def predict_digits(client: Any, job: dict[str, Any]) -> None:
     """One test image per digit through ``/v1/models/{id}/predict``."""
-    from app.sample_data import digit_images
+    from devstack.sample_data import digit_images
 
     first_of_class: dict[str, Any] = {}
     for d in digit_images(resample="bilinear"):  # the same images as the uploaded zip
