@@ -9,37 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from app.core.settings import get_settings
-
-_ROOT = Path(__file__).resolve().parent.parent
-
-
-def alembic_config(database_url: str) -> object:
-    """The project's Alembic config pointed at ``database_url``."""
-    from alembic.config import Config
-
-    ini = next(
-        (p for p in (_ROOT / "alembic.ini", _ROOT / "migrations" / "alembic.ini") if p.is_file()), None
-    )
-    cfg = Config(str(ini)) if ini is not None else Config()
-    cfg.set_main_option("script_location", str(_ROOT / "migrations"))
-    cfg.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
-    cfg.attributes["database_url"] = database_url
-    return cfg
-
-
-def migrate_database(database_url: str | None = None) -> None:
-    """``alembic upgrade head`` on ``database_url`` (default: the configured database)."""
-    from alembic import command
-
-    url = database_url or get_settings().resolved_database_url
-    if url.startswith("sqlite"):
-        from app.core.db.session import make_engine
-
-        make_engine(url).dispose()  # creates the parent folder of the SQLite file
-    command.upgrade(alembic_config(url), "head")  # type: ignore[arg-type]
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -60,7 +31,9 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _migrate(_: argparse.Namespace) -> int:
-    migrate_database()
+    from app.core.db.migrate import upgrade
+
+    upgrade()
     print("database migrated to head")
     return 0
 

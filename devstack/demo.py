@@ -55,9 +55,9 @@ def run_demo(*, once: bool, port: int = 8000) -> int:
         say(f"data under {data_dir} (SQLite database, storage, logs in {log_dir})")
         redis_url = _redis(settings.redis_url, data_dir, procs)
         database_url = settings.resolved_database_url
-        from app.cli import migrate_database
+        from app.core.db.migrate import upgrade
 
-        migrate_database(database_url)
+        upgrade(database_url)
         say("database migrated")
         zoo = _zoo_backbones(data_dir / "zoo")
         env = {

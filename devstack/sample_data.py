@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from models.fileio import atomic_path
+
 CLASS_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
@@ -71,10 +73,7 @@ def digit_images(
 def write_digits_zip(path: str | Path, **kwargs: object) -> Path:
     """Write the digits as an ImageFolder zip (``<split>/<class>/<n>.png``); returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for n, item in enumerate(digit_images(**kwargs)):  # type: ignore[arg-type]
             zf.writestr(f"{item.split}/{item.label}/{n:05d}.png", item.png)
-    tmp.replace(path)
     return path

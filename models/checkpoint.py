@@ -19,9 +19,7 @@ import importlib
 import importlib.util
 import json
 import math
-import os
 import struct
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +30,7 @@ from safetensors.torch import save as st_save
 
 from .backbones.weights import sha256_file
 from .errors import CheckpointError, ConfigError, WeightsIntegrityError
+from .fileio import atomic_write_bytes
 
 if TYPE_CHECKING:
     from .backbones.spec import Backbone
@@ -78,39 +77,6 @@ def sha256_bytes(data: bytes) -> str:
 
 
 sha256_path = sha256_file  # one streamed file hash for weights, checkpoints and resume states
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some platforms/filesystems cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the new one, never a mix.
-
-    Temp file in the same directory, flush + fsync, ``os.replace``, then fsync the directory.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 # ---- header parsing ------------------------------------------------------------------------

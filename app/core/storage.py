@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from models.fileio import atomic_path
+
 _KEY_PART = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
@@ -113,13 +115,8 @@ class LocalStorage(Storage):
         return path
 
     def put_file(self, key: str, local_path: str | Path) -> None:
-        dest = self._path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
-        shutil.copyfile(local_path, tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
+        with atomic_path(self._path(key)) as tmp:
+            shutil.copyfile(local_path, tmp)
 
     def put_dir(self, prefix: str, local_dir: str | Path) -> None:
         dest = self._path(prefix)
@@ -219,10 +216,8 @@ class FsspecStorage(Storage):
         if not dest.is_file():
             if not self.exists(key):
                 raise StorageError(f"no object {key!r}")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
-            self.fs.get_file(self._url(key), str(tmp))
-            os.replace(tmp, dest)
+            with atomic_path(dest) as tmp:
+                self.fs.get_file(self._url(key), str(tmp))
         return dest
 
     def exists(self, key: str) -> bool:

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, WeightsNotFoundError
+from ..fileio import atomic_path, atomic_write_text
 from .spec import Backbone, BackboneSpec, Preprocessing
 from .weights import read_state_dict, verify_sha256
 
@@ -379,15 +380,7 @@ def save_clip_local_dir(model: nn.Module, model_config: Mapping[str, Any], path:
     }
     config = {"model_cfg": dict(model_config), "preprocess_cfg": preprocess}
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp_weights = folder / f".{LOCAL_WEIGHTS_NAME}.tmp"
-    save_file(state, str(tmp_weights))
-    with open(tmp_weights, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp_weights, folder / LOCAL_WEIGHTS_NAME)
-    tmp_config = folder / f".{LOCAL_CONFIG_NAME}.tmp"
-    with open(tmp_config, "w", encoding="utf-8") as fh:
-        json.dump(config, fh, indent=2, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp_config, folder / LOCAL_CONFIG_NAME)
+    with atomic_path(folder / LOCAL_WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp))
+    atomic_write_text(folder / LOCAL_CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True))
     return verify_sha256(folder / LOCAL_WEIGHTS_NAME, None)

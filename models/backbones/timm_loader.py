@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, WeightsNotFoundError
+from ..fileio import atomic_path
 from .spec import Backbone, BackboneSpec, Preprocessing
 from .weights import read_state_dict, verify_sha256
 
@@ -121,20 +122,10 @@ def save_timm_weights(model: nn.Module | Backbone, path: str | Path) -> str:
     from safetensors.torch import save_file
 
     module = model.model if isinstance(model, Backbone) else model
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(
-            tensors, str(tmp), metadata={"format": "pt"}
-        )  # one key: safetensors writes a map in random order
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp:
+        # One metadata key: safetensors writes a metadata map in random order.
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
     return verify_sha256(path, None)
 
 

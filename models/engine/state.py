@@ -31,8 +31,9 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from ..checkpoint import atomic_write_bytes, sha256_bytes
+from ..checkpoint import sha256_bytes
 from ..errors import CheckpointError
+from ..fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import platform
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -34,6 +33,7 @@ import torch
 from ..backbones.spec import BackboneSpec
 from ..backbones.weights import sha256_file
 from ..errors import ConfigError
+from ..fileio import atomic_write_text
 from .pretrain_clip import ClipPretrainConfig, pretrain_clip, save_clip, zero_shot_report
 from .pretrain_vit import VitPretrainConfig, pretrain_vit, save_vit
 from .tasks import ZERO_SHOT_TASKS, build_task
@@ -177,9 +177,7 @@ def cached(out_dir: Path, recipe: Recipe, recipe_hash: str) -> dict[str, Any] | 
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _versions() -> dict[str, str]:

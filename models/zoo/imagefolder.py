@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..fileio import atomic_path
 from .task_base import Task
 
 _ZIP_DATE = (2024, 1, 1, 0, 0, 0)  # fixed member timestamps: the same task always gives the same bytes
@@ -40,9 +41,7 @@ def write_imagefolder_zip(
     if len(set(folders)) != len(folders):
         raise ConfigError("class_names", "two class names map to the same folder name")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
         for split, folder in mapping.items():
             images, labels = task.split(split)
             for i, (img, label) in enumerate(zip(images, labels.tolist(), strict=True)):
@@ -50,5 +49,4 @@ def write_imagefolder_zip(
                 Image.fromarray(img.permute(1, 2, 0).numpy()).save(buf, format="PNG", optimize=False)
                 info = zipfile.ZipInfo(f"{folder}/{folders[label]}/{i:05d}.png", date_time=_ZIP_DATE)
                 zf.writestr(info, buf.getvalue())
-    tmp.replace(path)
     return path

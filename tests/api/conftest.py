@@ -15,11 +15,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
+from app.core.db.migrate import upgrade
 from app.core.db.session import get_engine
 from app.core.db.tables import Base
 from app.core.settings import Settings
 from app.main import create_app
-from migrations import upgrade
 from tests.api.helpers import auth, create_key
 from tests.services import PostgresServer, postgres_server, redis_server  # noqa: F401 - fixtures
 from tests.tiny import TINY_CLIP_CONFIG

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from safetensors.torch import load
 
-from app.cli import migrate_database
+from app.core.db.migrate import upgrade
 from app.core.db.session import session_scope
 from devstack.backbones import ensure_demo_backbones
 from devstack.stack import free_port, start_api, wait_ready
@@ -66,7 +66,7 @@ def _env(data_dir: Path, db_url: str, redis_url: str, registry: Path) -> dict[st
 def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChaosStack]:
     data_dir = tmp_path_factory.mktemp("chaos")
     db_url = f"sqlite:///{data_dir / 'promptune.db'}"
-    migrate_database(db_url)
+    upgrade(db_url)
     registry = ensure_demo_backbones(data_dir / "zoo")
     redis = Redis(data_dir / "redis", free_port())
     try:

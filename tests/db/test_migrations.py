@@ -9,9 +9,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
+from app.core.db.migrate import current_revision, downgrade, head_revision, upgrade
 from app.core.db.session import get_engine
 from app.core.db.tables import Base
-from migrations import current_revision, downgrade, head_revision, upgrade
 from tests.services import PostgresServer, postgres_server  # noqa: F401 - fixture
 
 TABLES = {"tenants", "api_keys", "datasets", "jobs", "job_events", "tuned_models"}

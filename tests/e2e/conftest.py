@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.cli import migrate_database
+from app.core.db.migrate import upgrade
 from devstack.backbones import ensure_demo_backbones
 from devstack.demo_steps import follow_job
 from devstack.stack import Proc, free_port, start_api, start_worker, wait_ready
@@ -59,7 +59,7 @@ class Stack:
 def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:  # noqa: F811
     data_dir = tmp_path_factory.mktemp("e2e")
     db_url = f"sqlite:///{data_dir / 'promptune.db'}"
-    migrate_database(db_url)
+    upgrade(db_url)
     registry = merge_registries(data_dir / "backbones.json", ensure_demo_backbones(data_dir / "zoo"))
     env = {
         **os.environ,

@@ -20,6 +20,7 @@ import models.checkpoint as ckpt
 from models.checkpoint import load_checkpoint, read_checkpoint_metadata, save_checkpoint
 from models.engine import TrainConfig
 from models.errors import CheckpointError, WeightsIntegrityError
+from models.fileio import atomic_write_bytes
 from tests.models.engine_toy import IMAGE_SIZE, build_toy, toy_backbone
 
 pytestmark = pytest.mark.timeout(120)
@@ -307,8 +308,8 @@ def test_weights_sha_recorded_and_checked(tmp_path: Path) -> None:
 
 def test_atomic_write_replaces_whole_file(tmp_path: Path) -> None:
     target = tmp_path / "f.bin"
-    ckpt.atomic_write_bytes(target, b"old")
-    ckpt.atomic_write_bytes(target, b"new contents")
+    atomic_write_bytes(target, b"old")
+    atomic_write_bytes(target, b"new contents")
     assert target.read_bytes() == b"new contents"
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.cli import migrate_database
+from app.core.db.migrate import upgrade
 from app.core.settings import Settings
 from app.main import create_app
 from tests.reliability.live import live_server
@@ -113,7 +113,7 @@ def test_readyz_names_the_failed_component_and_recovers(
     tmp_path: Path, redis: Redis, postgres: PostgresServer, backbones_file: Path
 ) -> None:
     url = postgres.create_database()
-    migrate_database(url)
+    upgrade(url)
     settings = Settings(
         environment="test",
         data_dir=tmp_path / "data",

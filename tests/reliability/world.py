@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from app.cli import migrate_database
 from app.core.db import repo
+from app.core.db.migrate import upgrade
 from app.core.db.session import session_scope
 from app.core.db.tables import Job
 from app.core.settings import Settings
@@ -75,7 +75,7 @@ def world_settings(root: Path, *, database_url: str | None = None, redis_url: st
     """Settings for a world under ``root`` (SQLite there unless ``database_url``), migrated to head."""
     root.mkdir(parents=True, exist_ok=True)
     url = database_url or f"sqlite:///{root / 'promptune.db'}"
-    migrate_database(url)
+    upgrade(url)
     return Settings(
         environment="test",
         data_dir=root / "data",

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.cli import migrate_database
+from app.core.db.migrate import upgrade
 from app.core.db.session import get_engine
 
 
@@ -16,6 +16,6 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'promptune.db'}"
     else:
         url = request.getfixturevalue("postgres_server").create_database()
-    migrate_database(url)
+    upgrade(url)
     yield url
     get_engine(url).dispose()  # the cluster itself is dropped at the end of the session

@@ -56,7 +56,7 @@ def _check_storage(request: Request) -> None:
 
 
 def _check_migrations(request: Request) -> None:
-    from migrations import current_revision, head_revision
+    from app.core.db.migrate import current_revision, head_revision
 
     with request.app.state.engine.connect() as conn:
         current = current_revision(conn)
