@@ -288,6 +288,58 @@ def _materialise(path: Path, names: list[str]) -> dict[str, torch.Tensor]:
         return {name: fh.get_tensor(name) for name in names}
 
 
+def _check_file_sha256(path: Path, expected_sha256: str) -> None:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    actual = sha256_path(path)
+    if actual != expected_sha256.lower():
+        raise WeightsIntegrityError(f"sha256 of {path} is {actual}, expected {expected_sha256.lower()}")
+
+
+def _method_config(entry: Any, meta: dict[str, Any]) -> Any:
+    try:
+        return entry.config_cls.from_dict(meta["method_config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint method_config is invalid: {exc}") from None
+
+
+def _load_stored_backbone(
+    meta: dict[str, Any], load_backbone_fn: Callable[[Any], Backbone] | None
+) -> Backbone:
+    """The backbone the checkpoint's metadata describes, loaded by ``load_backbone_fn``."""
+    from .backbones.spec import BackboneSpec
+
+    try:
+        spec = BackboneSpec.from_dict(meta["backbone"])
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint backbone spec is invalid: {exc}") from None
+    if load_backbone_fn is None:
+        from .backbones.loader import load_backbone
+
+        load_backbone_fn = load_backbone
+    return load_backbone_fn(spec)
+
+
+def _check_tensor_schema(path: Path, method_name: str, expected: Mapping[str, tuple[int, ...]]) -> None:
+    """The file's tensor names, shapes and dtypes against the rebuilt method's, from the header only."""
+    with safe_open(str(path), framework="pt", device="cpu") as fh:
+        found = {
+            name: (tuple(fh.get_slice(name).get_shape()), fh.get_slice(name).get_dtype())
+            for name in fh.keys()
+        }
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint tensors do not match method {method_name!r}: missing {missing}, unexpected {unexpected}"
+        )
+    for name, shape in expected.items():
+        got_shape, got_dtype = found[name]
+        if got_shape != tuple(shape):
+            raise CheckpointError(f"checkpoint tensor {name}: shape {got_shape} != expected {tuple(shape)}")
+        if got_dtype not in _FLOAT_DTYPES:
+            raise CheckpointError(f"checkpoint tensor {name}: dtype {got_dtype} is not a floating-point type")
+
+
 def load_checkpoint(
     path: str | Path,
     backbone: Backbone | None = None,
@@ -311,49 +363,17 @@ def load_checkpoint(
     """
     path = Path(path)
     if expected_sha256 is not None:
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint not found: {path}")
-        actual = sha256_path(path)
-        if actual != expected_sha256.lower():
-            raise WeightsIntegrityError(f"sha256 of {path} is {actual}, expected {expected_sha256.lower()}")
+        _check_file_sha256(path, expected_sha256)
     meta = read_checkpoint_metadata(path, max_bytes=max_bytes)
     entry = _method_entry(meta["method"])
-    try:
-        config = entry.config_cls.from_dict(meta["method_config"])
-    except ConfigError as exc:
-        raise CheckpointError(f"checkpoint method_config is invalid: {exc}") from None
+    config = _method_config(entry, meta)
     if backbone is None:
-        from .backbones.spec import BackboneSpec
-
-        try:
-            spec = BackboneSpec.from_dict(meta["backbone"])
-        except ConfigError as exc:
-            raise CheckpointError(f"checkpoint backbone spec is invalid: {exc}") from None
-        if load_backbone_fn is None:
-            from .backbones.loader import load_backbone
-
-            load_backbone_fn = load_backbone
-        backbone = load_backbone_fn(spec)
+        backbone = _load_stored_backbone(meta, load_backbone_fn)
     _check_backbone(meta, backbone, entry.family)
     method = entry.model_cls(backbone, config, meta["class_names"])
 
     expected = method.learned_shapes()
-    with safe_open(str(path), framework="pt", device="cpu") as fh:
-        found = {
-            name: (tuple(fh.get_slice(name).get_shape()), fh.get_slice(name).get_dtype())
-            for name in fh.keys()
-        }
-    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"checkpoint tensors do not match method {meta['method']!r}: missing {missing}, unexpected {unexpected}"
-        )
-    for name, shape in expected.items():
-        got_shape, got_dtype = found[name]
-        if got_shape != tuple(shape):
-            raise CheckpointError(f"checkpoint tensor {name}: shape {got_shape} != expected {tuple(shape)}")
-        if got_dtype not in _FLOAT_DTYPES:
-            raise CheckpointError(f"checkpoint tensor {name}: dtype {got_dtype} is not a floating-point type")
+    _check_tensor_schema(path, meta["method"], expected)
     method.load_learned_state_dict(_materialise(path, sorted(expected)))
     method.eval()
     return method

@@ -27,7 +27,6 @@ import atexit
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 import threading
@@ -38,134 +37,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError, WeightsNotFoundError
+from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_path, atomic_write_text
+from .clip_sources import HF_HUB_PREFIX as HF_HUB_PREFIX  # the prefixes stay importable from here
+from .clip_sources import LOCAL_CONFIG_NAME, LOCAL_WEIGHTS_NAME, resolve_weights_source
+from .clip_sources import LOCAL_DIR_PREFIX as LOCAL_DIR_PREFIX
 from .spec import Backbone, BackboneSpec, Preprocessing
 from .weights import read_state_dict, verify_sha256
 
 logger = logging.getLogger(__name__)
-
-HF_HUB_PREFIX = "hf-hub:"
-LOCAL_DIR_PREFIX = "local-dir:"
-LOCAL_CONFIG_NAME = "open_clip_config.json"
-LOCAL_WEIGHTS_NAME = "open_clip_model.safetensors"  # open_clip's HF_SAFE_WEIGHTS_NAME
-_WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
 # open_clip keeps its config registry in module globals; registering and building must not interleave
 # between threads (the service may load two backbones at once).
 _LOCK = threading.RLock()
 _REGISTERED: dict[str, str] = {}  # arch -> digest of the inline config registered under it
 _CONFIG_ROOT: Path | None = None
-
-
-# ---- weights source resolution ----------------------------------------------------------------------
-def _hf_offline() -> bool:
-    """True when the Hugging Face hub must not be contacted (checked at call time, not import time)."""
-    from huggingface_hub import constants
-
-    env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
-    return bool(constants.HF_HUB_OFFLINE) or env in {"1", "ON", "YES", "TRUE"}
-
-
-def _hf_cache_dir() -> str:
-    from huggingface_hub import constants
-
-    return str(constants.HF_HUB_CACHE)
-
-
-def _hf_file(repo_id: str, filenames: list[str], looked: list[str]) -> str | None:
-    """First of ``filenames`` found in ``repo_id`` (cache only when offline); records what was tried."""
-    from huggingface_hub import hf_hub_download
-
-    offline = _hf_offline()
-    for filename in filenames:
-        try:
-            return str(
-                hf_hub_download(
-                    repo_id=repo_id, filename=filename, local_files_only=offline, library_name="open_clip"
-                )
-            )
-        except Exception as exc:  # noqa: BLE001 - hub errors vary by version; each miss is recorded
-            looked.append(f"hf-hub {repo_id}/{filename} (HF cache {_hf_cache_dir()}; {type(exc).__name__})")
-    return None
-
-
-def _hf_weight_candidates(filename: str | None) -> list[str]:
-    """open_clip's preference order: the safetensors sibling first, then the named file."""
-    filename = filename or "open_clip_pytorch_model.bin"
-    names = []
-    if filename == "open_clip_pytorch_model.bin":
-        names.append(LOCAL_WEIGHTS_NAME)
-    elif filename.endswith((".bin", ".pth")):
-        names.append(filename[:-4] + ".safetensors")
-    names.append(filename)
-    return names
-
-
-def _resolve_tag(arch: str, tag: str) -> tuple[str, dict[str, Any]]:
-    """Path of the cached weights for an open_clip pretrained tag, plus the tag's config."""
-    import open_clip
-
-    cfg = open_clip.get_pretrained_cfg(arch, tag)
-    if not cfg:
-        known = open_clip.list_pretrained_tags_by_model(arch)
-        raise WeightsNotFoundError(
-            f"open_clip has no pretrained tag {tag!r} for arch {arch!r} "
-            f"(known tags: {', '.join(known) if known else 'none'}); "
-            "pass a file path, 'local-dir:/path', 'hf-hub:org/repo' or 'random'"
-        )
-    looked: list[str] = []
-    if cfg.get("hf_hub"):
-        # open_clip's convention: 'org/repo/filename', or 'org/repo/' for the default file name
-        repo_id, filename = os.path.split(str(cfg["hf_hub"]))
-        path = _hf_file(repo_id, _hf_weight_candidates(filename or None), looked)
-        if path:
-            return path, cfg
-    if cfg.get("url"):
-        url = str(cfg["url"])
-        target = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
-        if target.is_file():
-            return str(target), cfg
-        looked.append(f"url cache {target}")
-        if not _hf_offline():
-            try:
-                return str(open_clip.download_pretrained_from_url(url)), cfg
-            except Exception as exc:  # noqa: BLE001
-                looked.append(f"download {url} ({type(exc).__name__}: {exc})")
-    mode = "offline (HF_HUB_OFFLINE=1)" if _hf_offline() else "online"
-    raise WeightsNotFoundError(
-        f"weights for open_clip arch {arch!r} tag {tag!r} not found, {mode}; looked in: {'; '.join(looked)}"
-    )
-
-
-def _read_local_config(config_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    try:
-        raw = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read open_clip config {config_path}: {exc}") from exc
-    if not isinstance(raw, dict) or not isinstance(raw.get("model_cfg", raw), dict):
-        raise CheckpointError(f"{config_path} is not an open_clip config")
-    model_cfg = raw.get("model_cfg", raw)
-    if not all(k in model_cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
-        raise CheckpointError(f"{config_path}: model_cfg needs embed_dim, vision_cfg and text_cfg")
-    return model_cfg, dict(raw.get("preprocess_cfg") or {})
-
-
-def _local_dir_weights(folder: Path) -> Path:
-    preferred = [
-        LOCAL_WEIGHTS_NAME,
-        "open_clip_pytorch_model.safetensors",
-        "open_clip_pytorch_model.bin",
-        "open_clip_pytorch_model.pth",
-    ]
-    for name in preferred:
-        if (folder / name).is_file():
-            return folder / name
-    raise WeightsNotFoundError(f"no open_clip weights in {folder} (looked for {', '.join(preferred)})")
-
-
-def _is_file_path(weights: str) -> bool:
-    return weights.endswith(_WEIGHT_SUFFIXES) or "/" in weights or os.sep in weights
 
 
 # ---- model building ---------------------------------------------------------------------------------
@@ -267,6 +153,40 @@ def _preprocessing(model: nn.Module) -> tuple[Preprocessing, Any]:
     return preprocessing, image_transform_v2(pp, is_train=False)
 
 
+def _check_known_arch(spec: BackboneSpec, model_name: str) -> None:
+    """A bare arch name must be open_clip's own or registered (local-dir and hf-hub carry a config)."""
+    import open_clip
+
+    if model_name == spec.arch and spec.arch not in open_clip.list_models():
+        raise ConfigError(
+            "arch", f"unknown open_clip architecture {spec.arch!r} (give model_config to define it)"
+        )
+
+
+def _verified_sha256(checkpoint: str | None, expected: str | None) -> str | None:
+    """The weights file's digest (checked against ``expected``) before any tensor is read from it."""
+    sha = verify_sha256(checkpoint, expected) if checkpoint else None
+    if checkpoint is None and expected is not None:
+        raise ConfigError("sha256", "random weights have no file to verify; drop sha256")
+    return sha
+
+
+def _create_unloaded_model(model_name: str, create_kwargs: dict[str, Any]) -> nn.Module:
+    """open_clip's model for ``model_name``, randomly initialised: the caller loads the weights."""
+    import open_clip
+
+    # open_clip warns "No pretrained weights loaded ... initialized randomly" on the root logger because
+    # it is told not to load them: we load (and verify) them ourselves just below.
+    root = logging.getLogger()
+    root.addFilter(_drop_random_init_warning)
+    try:
+        return open_clip.create_model(model_name, pretrained=None, load_weights=False, **create_kwargs)
+    except RuntimeError as exc:
+        raise ConfigError("arch", f"open_clip cannot build {model_name!r}: {exc}") from exc
+    finally:
+        root.removeFilter(_drop_random_init_warning)
+
+
 def load_clip_backbone(spec: BackboneSpec) -> Backbone:
     """Build a frozen open_clip model (eval mode, no parameter requires grad) with its preprocessing.
 
@@ -280,76 +200,18 @@ def load_clip_backbone(spec: BackboneSpec) -> Backbone:
 
     if spec.family != "open_clip":
         raise ConfigError("family", f"load_clip_backbone needs family 'open_clip', got {spec.family!r}")
-    weights = spec.weights
-    checkpoint: str | None = None
-    model_name = spec.arch
-    create_kwargs: dict[str, Any] = {}
 
     with _LOCK:
         if spec.model_config is not None:
             register_model_config(spec.arch, spec.model_config)
+        source = resolve_weights_source(spec)
+        _check_known_arch(spec, source.model_name)
+        sha = _verified_sha256(source.checkpoint, spec.sha256)
+        model = _create_unloaded_model(source.model_name, source.create_kwargs)
+        tokenizer = open_clip.get_tokenizer(source.model_name)
 
-        if weights.startswith(LOCAL_DIR_PREFIX):
-            folder = Path(weights[len(LOCAL_DIR_PREFIX) :]).expanduser()
-            if not (folder / LOCAL_CONFIG_NAME).is_file():
-                raise WeightsNotFoundError(f"local-dir {folder}: {LOCAL_CONFIG_NAME} not found")
-            _read_local_config(folder / LOCAL_CONFIG_NAME)  # validate before open_clip reads it
-            checkpoint = str(_local_dir_weights(folder))
-            model_name = f"{LOCAL_DIR_PREFIX}{folder}"
-        elif weights.startswith(HF_HUB_PREFIX):
-            repo_id = weights[len(HF_HUB_PREFIX) :]
-            looked: list[str] = []
-            config_path = _hf_file(repo_id, [LOCAL_CONFIG_NAME], looked)
-            checkpoint = _hf_file(repo_id, _hf_weight_candidates(None), looked) if config_path else None
-            if not config_path or not checkpoint:
-                raise WeightsNotFoundError(
-                    f"open_clip weights {weights!r} not found"
-                    f"{' (offline)' if _hf_offline() else ''}; looked in: {'; '.join(looked)}"
-                )
-            model_name = weights
-        elif weights == "random":
-            checkpoint = None
-        elif _is_file_path(weights):
-            path = Path(weights).expanduser()
-            if not path.is_file():
-                raise WeightsNotFoundError(f"weights file not found: {path} (arch {spec.arch!r})")
-            checkpoint = str(path)
-        else:
-            if spec.arch not in open_clip.list_models():
-                raise ConfigError("arch", f"unknown open_clip architecture {spec.arch!r}")
-            checkpoint, tag_cfg = _resolve_tag(spec.arch, weights)
-            # A tag trained with QuickGELU must run with it: open_clip itself only warns on a mismatch,
-            # which silently degrades e.g. the 'openai' weights on the plain 'ViT-B-16' config.
-            model_cfg = open_clip.get_model_config(spec.arch) or {}
-            if tag_cfg.get("quick_gelu", False) and not model_cfg.get("quick_gelu", False):
-                create_kwargs["force_quick_gelu"] = True
-            create_kwargs["force_preprocess_cfg"] = {
-                k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg
-            }
-
-        if model_name == spec.arch and spec.arch not in open_clip.list_models():
-            raise ConfigError(
-                "arch", f"unknown open_clip architecture {spec.arch!r} (give model_config to define it)"
-            )
-
-        sha = verify_sha256(checkpoint, spec.sha256) if checkpoint else None
-        if checkpoint is None and spec.sha256 is not None:
-            raise ConfigError("sha256", "random weights have no file to verify; drop sha256")
-
-        # open_clip warns "No pretrained weights loaded ... initialized randomly" on the root logger because
-        # it is told not to load them: we load (and verify) them ourselves just below.
-        root = logging.getLogger()
-        root.addFilter(_drop_random_init_warning)
-        try:
-            model = open_clip.create_model(model_name, pretrained=None, load_weights=False, **create_kwargs)
-        except RuntimeError as exc:
-            raise ConfigError("arch", f"open_clip cannot build {model_name!r}: {exc}") from exc
-        finally:
-            root.removeFilter(_drop_random_init_warning)
-        tokenizer = open_clip.get_tokenizer(model_name)
-
-    if checkpoint is not None:
-        _load_tensors(model, checkpoint)
+    if source.checkpoint is not None:
+        _load_tensors(model, source.checkpoint)
     model.requires_grad_(False)
     model.eval()
     preprocessing, transform = _preprocessing(model)

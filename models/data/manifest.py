@@ -83,6 +83,83 @@ def _sorted_classes(labels: set[str]) -> list[str]:
     return sorted(labels)
 
 
+_NO_SPLIT = (None, "", "null", "none", "None")  # what a manifest may write for "no split"
+
+
+def _check_manifest_file(path: Path) -> None:
+    if not path.is_file():
+        raise DataError(f"manifest not found: {path}")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise DataError(f"{path} is larger than {MAX_MANIFEST_BYTES} bytes")
+
+
+def _row_problem(
+    root: Path,
+    rel: str,
+    label: str,
+    raw_split: Any,
+    split: str | None,
+    class_names: Sequence[str] | None,
+    seen: set[str],
+) -> str | None:
+    """Why a row with a safe path and a label is skipped, short of reading the image; None: keep it."""
+    if raw_split not in _NO_SPLIT and split is None:
+        return f"unknown split {raw_split!r} (use train, val, test or null)"
+    if class_names is not None and label not in class_names:
+        return f"unknown label {label!r}"
+    if rel in seen:
+        return "duplicate path"
+    if not has_image_extension(rel):
+        return "not an image: extension not in .jpg/.jpeg/.png/.webp"
+    if not (root / rel).is_file():
+        return "missing file"
+    return None
+
+
+def _listed_rows(
+    path: Path, report: DatasetReport, class_names: Sequence[str] | None
+) -> list[tuple[str, str, str | None]]:
+    """``(path, label, split)`` of the rows that pass every check but the image's own, in file order."""
+    root = path.parent
+    rows: list[tuple[str, str, str | None]] = []
+    seen: set[str] = set()
+    for where, row in _rows(path, report):
+        rel, label = row.get("path"), _label_text(row.get("label"))
+        raw_split = row.get("split")
+        split = None if raw_split in _NO_SPLIT else SPLIT_ALIASES.get(str(raw_split).lower())
+        if not isinstance(rel, str) or not _safe_relative(rel):
+            report.add(
+                str(rel) if rel else where, "unsafe or missing path (absolute, '..', backslash or empty)"
+            )
+        elif label is None:
+            report.add(rel, "missing label")
+        elif (problem := _row_problem(root, rel, label, raw_split, split, class_names, seen)) is not None:
+            report.add(rel, problem)
+        else:
+            seen.add(rel)
+            rows.append((rel, label, split))
+    return rows
+
+
+def _readable_rows(
+    root: Path, rows: list[tuple[str, str, str | None]], level: str, report: DatasetReport
+) -> list[tuple[str, str, str | None]]:
+    """The rows whose image passes the ``verify`` level (every row at ``"none"``)."""
+    good = []
+    for rel, label, split in rows:
+        if level != "none":
+            full = root / rel
+            if full.stat().st_size > MAX_IMAGE_BYTES:
+                report.add(rel, f"larger than {MAX_IMAGE_BYTES} bytes")
+                continue
+            reason = check_image(full.read_bytes(), level)
+            if reason is not None:
+                report.add(rel, reason)
+                continue
+        good.append((rel, label, split))
+    return good
+
+
 def read_manifest(
     path: str | Path, *, class_names: Sequence[str] | None = None, verify: str | bool = "decode"
 ) -> DatasetListing:
@@ -100,53 +177,10 @@ def read_manifest(
     """
     level = check_verify_level(verify)
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"manifest not found: {path}")
-    if path.stat().st_size > MAX_MANIFEST_BYTES:
-        raise DataError(f"{path} is larger than {MAX_MANIFEST_BYTES} bytes")
+    _check_manifest_file(path)
     root = path.parent
     report = DatasetReport()
-    rows: list[tuple[str, str, str | None]] = []
-    seen: set[str] = set()
-    for where, row in _rows(path, report):
-        rel, label = row.get("path"), _label_text(row.get("label"))
-        raw_split = row.get("split")
-        split = (
-            None
-            if raw_split in (None, "", "null", "none", "None")
-            else SPLIT_ALIASES.get(str(raw_split).lower())
-        )
-        if not isinstance(rel, str) or not _safe_relative(rel):
-            report.add(
-                str(rel) if rel else where, "unsafe or missing path (absolute, '..', backslash or empty)"
-            )
-        elif label is None:
-            report.add(rel, "missing label")
-        elif raw_split not in (None, "", "null", "none", "None") and split is None:
-            report.add(rel, f"unknown split {raw_split!r} (use train, val, test or null)")
-        elif class_names is not None and label not in class_names:
-            report.add(rel, f"unknown label {label!r}")
-        elif rel in seen:
-            report.add(rel, "duplicate path")
-        elif not has_image_extension(rel):
-            report.add(rel, "not an image: extension not in .jpg/.jpeg/.png/.webp")
-        elif not (root / rel).is_file():
-            report.add(rel, "missing file")
-        else:
-            seen.add(rel)
-            rows.append((rel, label, split))
-    good = []
-    for rel, label, split in rows:
-        if level != "none":
-            full = root / rel
-            if full.stat().st_size > MAX_IMAGE_BYTES:
-                report.add(rel, f"larger than {MAX_IMAGE_BYTES} bytes")
-                continue
-            reason = check_image(full.read_bytes(), level)
-            if reason is not None:
-                report.add(rel, reason)
-                continue
-        good.append((rel, label, split))
+    good = _readable_rows(root, _listed_rows(path, report, class_names), level, report)
     if not good:
         raise DataError(
             f"no usable images in {path} ({report.num_skipped} rows skipped: {dict(report.reasons)})"

@@ -20,7 +20,6 @@ Epoch numbers in ``history``, ``best_epoch`` and ``on_epoch_end`` count from 1.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -34,21 +33,13 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate
 from ..base import PromptMethod
 from ..errors import ConfigError, DataError, PromptuneError, TrainingCancelled, TrainingPaused
 from .config import TrainConfig, fingerprint
+from .optim import build_optimizer
+from .results import TrainResult, epoch_train_metrics, improves_on_best, train_result
 from .schedule import lr_at, set_lr
 from .seeding import SeededItems, derive_seed, seed_cpu_rngs
 from .state import ResumeState, clear_state, flatten_optimizer, read_state, restore_optimizer, write_state
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class TrainResult:
-    best_state: dict[str, torch.Tensor]  # learned tensors of the kept epoch (CPU)
-    best_epoch: int | None  # 1-based; None when stopped before the first epoch ended
-    metrics: dict[str, Any]
-    history: list[dict[str, Any]]  # one entry per finished epoch
-    steps: int  # global optimisation steps done
-    completed: bool = True  # False when the run stopped at max_steps before the last epoch
 
 
 class Trainer:
@@ -114,37 +105,6 @@ class Trainer:
         for p in self.method.learned_parameters().values():
             return p.device
         return torch.device("cpu")
-
-    def _build_optimizer(self) -> torch.optim.Optimizer:
-        cfg = self.config
-        backbone = getattr(getattr(self.method, "backbone", None), "model", None)
-        # Only the benchmark's full fine-tuning baseline declares ``trains_backbone``; methods never do.
-        if backbone is not None and not getattr(self.method, "trains_backbone", False):
-            thawed = [n for n, p in backbone.named_parameters() if p.requires_grad]
-            if thawed:
-                raise RuntimeError(f"the backbone must stay frozen, but these require grad: {thawed[:10]}")
-        groups = self.method.param_groups(cfg.weight_decay, cfg.effective_head_weight_decay)
-        learned = {id(p): n for n, p in self.method.learned_parameters().items()}
-        seen: set[int] = set()
-        for group in groups:
-            for p in group["params"]:
-                if id(p) not in learned:
-                    raise RuntimeError(
-                        f"param group {group.get('name')!r} holds a tensor that is not a learned parameter"
-                    )
-                if id(p) in seen:
-                    raise RuntimeError(f"learned parameter {learned[id(p)]} appears in two param groups")
-                seen.add(id(p))
-        stray = [n for n, p in self.method.named_parameters() if p.requires_grad and id(p) not in seen]
-        if stray or len(seen) != len(learned):
-            raise RuntimeError(
-                f"parameters that require grad but are not optimised (frozen backbone leak?): {stray[:10]}"
-            )
-        if not seen:
-            raise RuntimeError("the method has no learned parameters")
-        if cfg.optimizer == "adamw":
-            return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
 
     def _fingerprint_payload(self) -> dict[str, Any]:
         return {
@@ -250,35 +210,40 @@ class Trainer:
 
     def fit(self, resume: bool = True) -> TrainResult:
         """Train (resuming from ``work_dir`` when it holds a state for this exact setup)."""
-        cfg, method = self.config, self.method
-        optimizer = self._build_optimizer()
+        optimizer = build_optimizer(self.method, self.config)
         payload = self._fingerprint_payload()
         fp = fingerprint(payload)
         state = self._load_state(fp, payload) if (self.work_dir is not None and resume) else None
         if state is not None:
-            method.load_learned_state_dict(state.learned)
+            self.method.load_learned_state_dict(state.learned)
             restore_optimizer(optimizer, state.optim_tensors, state.optim_layout)
             log.info("resuming at step %d (epoch %d, batch %d)", state.step, state.epoch + 1, state.pos)
         else:
-            if self.work_dir is not None:
-                clear_state(self.work_dir)
-            seed_cpu_rngs(derive_seed(cfg.seed, "prepare"))
-            torch.manual_seed(derive_seed(cfg.seed, "prepare"))  # CPU and every CUDA device
-            method.prepare(self.train_data, seed=cfg.seed)
-            state = ResumeState(
-                step=0,
-                epoch=0,
-                pos=0,
-                fingerprint=fp,
-                fingerprint_payload=payload,
-                learned={},
-                optim_tensors={},
-                optim_layout=[],
-                steps_per_epoch=self.steps_per_epoch,
-                total_steps=self.total_steps,
-            )
-            self._save(state, optimizer)  # the data-dependent init is not repeated after a crash
+            state = self._start_fresh(fp, payload, optimizer)
         return self._run(state, optimizer)
+
+    def _start_fresh(self, fp: str, payload: dict[str, Any], optimizer: torch.optim.Optimizer) -> ResumeState:
+        """Clear any old state, run the method's data-dependent ``prepare`` and save step 0."""
+        seed = self.config.seed
+        if self.work_dir is not None:
+            clear_state(self.work_dir)
+        seed_cpu_rngs(derive_seed(seed, "prepare"))
+        torch.manual_seed(derive_seed(seed, "prepare"))  # CPU and every CUDA device
+        self.method.prepare(self.train_data, seed=seed)
+        state = ResumeState(
+            step=0,
+            epoch=0,
+            pos=0,
+            fingerprint=fp,
+            fingerprint_payload=payload,
+            learned={},
+            optim_tensors={},
+            optim_layout=[],
+            steps_per_epoch=self.steps_per_epoch,
+            total_steps=self.total_steps,
+        )
+        self._save(state, optimizer)  # the data-dependent init is not repeated after a crash
+        return state
 
     def _load_state(self, fp: str, payload: dict[str, Any]) -> ResumeState | None:
         assert self.work_dir is not None
@@ -305,109 +270,86 @@ class Trainer:
         self._emit("on_checkpoint", state.step, path)
 
     def _run(self, state: ResumeState, optimizer: torch.optim.Optimizer) -> TrainResult:
-        cfg, method = self.config, self.method
+        cfg = self.config
         device = self._device()
-        method.train()
-        last_saved = state.step
+        self.method.train()
+        last_saved = state.step  # the step of the newest resume state on disk
         while state.epoch < cfg.epochs:
             if cfg.max_steps is not None and state.step >= cfg.max_steps:
                 break
-            batches = self._epoch_batches(state.epoch)[state.pos :]
-            accum = state.epoch_accum or {"loss_sum": 0.0, "count": 0, "logs": {}, "lr": None}
-            state.epoch_accum = accum
-            loader_iter = iter(self._loader(self.train_data, state.epoch, batches))
-            try:
-                for _ in range(len(batches)):
-                    if cfg.max_steps is not None and state.step >= cfg.max_steps:
-                        break
-                    self._poll_stop()
-                    if self.should_pause is not None and self.should_pause():
-                        if last_saved != state.step:
-                            self._save(state, optimizer)
-                        raise TrainingPaused(f"training paused at step {state.step}")
-                    batch = self._to_device(next(loader_iter), device)
-                    loss, logs, lr = self._step(optimizer, batch, state.step)
-                    state.step += 1
-                    state.pos += 1
-                    accum["loss_sum"] += loss
-                    accum["count"] += 1
-                    accum["lr"] = lr
-                    for k, v in logs.items():
-                        accum["logs"][k] = accum["logs"].get(k, 0.0) + v
-                    self._emit(
-                        "on_progress",
-                        state.step,
-                        self.total_steps,
-                        {**logs, "loss": loss, "lr": lr, "epoch": state.epoch + 1},
-                    )
-                    every = cfg.checkpoint_every_steps
-                    if every and state.step % every == 0 and state.pos < self.steps_per_epoch:
-                        self._save(state, optimizer)
-                        last_saved = state.step
-            finally:
-                del loader_iter  # shuts DataLoader workers down, also on cancellation
+            last_saved = self._train_epoch(state, optimizer, device, last_saved)
             if state.pos < self.steps_per_epoch:  # stopped at max_steps inside the epoch
                 break
             metrics = self._end_epoch(state)
             self._save(state, optimizer)
             last_saved = state.step
             self._emit("on_epoch_end", state.history[-1]["epoch"], metrics)
+        validated = self.val_data is not None
         if state.epoch < cfg.epochs:  # max_steps reached: leave a state the next run continues from
             if last_saved != state.step:
                 self._save(state, optimizer)
-            return self._result(state, completed=False)
-        return self._result(state, completed=True)
+            return train_result(state, self.method, validated=validated, completed=False)
+        return train_result(state, self.method, validated=validated, completed=True)
+
+    def _train_epoch(
+        self, state: ResumeState, optimizer: torch.optim.Optimizer, device: torch.device, last_saved: int
+    ) -> int:
+        """The rest of ``state.epoch`` (until max_steps); returns the step of the newest saved state."""
+        cfg = self.config
+        batches = self._epoch_batches(state.epoch)[state.pos :]
+        state.epoch_accum = state.epoch_accum or {"loss_sum": 0.0, "count": 0, "logs": {}, "lr": None}
+        loader_iter = iter(self._loader(self.train_data, state.epoch, batches))
+        try:
+            for _ in range(len(batches)):
+                if cfg.max_steps is not None and state.step >= cfg.max_steps:
+                    break
+                self._poll_stop()
+                self._poll_pause(state, optimizer, last_saved)
+                batch = self._to_device(next(loader_iter), device)
+                loss, logs, lr = self._step(optimizer, batch, state.step)
+                self._record_step(state, loss, logs, lr)
+                every = cfg.checkpoint_every_steps
+                if every and state.step % every == 0 and state.pos < self.steps_per_epoch:
+                    self._save(state, optimizer)
+                    last_saved = state.step
+        finally:
+            del loader_iter  # shuts DataLoader workers down, also on cancellation
+        return last_saved
+
+    def _poll_pause(self, state: ResumeState, optimizer: torch.optim.Optimizer, last_saved: int) -> None:
+        if self.should_pause is not None and self.should_pause():
+            if last_saved != state.step:
+                self._save(state, optimizer)
+            raise TrainingPaused(f"training paused at step {state.step}")
+
+    def _record_step(self, state: ResumeState, loss: float, logs: dict[str, float], lr: float) -> None:
+        """Advance the position, add the step to the epoch's running sums and report progress."""
+        state.step += 1
+        state.pos += 1
+        accum = state.epoch_accum
+        accum["loss_sum"] += loss
+        accum["count"] += 1
+        accum["lr"] = lr
+        for k, v in logs.items():
+            accum["logs"][k] = accum["logs"].get(k, 0.0) + v
+        self._emit(
+            "on_progress",
+            state.step,
+            self.total_steps,
+            {**logs, "loss": loss, "lr": lr, "epoch": state.epoch + 1},
+        )
 
     def _end_epoch(self, state: ResumeState) -> dict[str, Any]:
+        """Summarise the finished epoch, validate when due and keep the state if it is the best yet."""
         cfg = self.config
-        accum = state.epoch_accum
-        count = max(1, accum["count"])
         epoch = state.epoch + 1
-        metrics: dict[str, Any] = {
-            "epoch": epoch,
-            "step": state.step,
-            "lr": accum["lr"],
-            "train_loss": accum["loss_sum"] / count,
-        }
-        for k, v in sorted(accum["logs"].items()):
-            metrics.setdefault(f"train_{k}", v / count)  # the engine's own train_loss wins
+        metrics = epoch_train_metrics(state.epoch_accum, epoch, state.step)
         if self.val_data is not None and (epoch % cfg.eval_every_epochs == 0 or epoch == cfg.epochs):
             val = self.evaluate(self.val_data, poll_stop=True)
             metrics.update(val_acc=val["acc"], val_loss=val["loss"])
-            best = state.best
-            if (
-                not best
-                or val["acc"] > best["val_acc"]
-                or (val["acc"] == best["val_acc"] and val["loss"] < best["val_loss"])
-            ):
+            if improves_on_best(val, state.best):
                 state.best = {"epoch": epoch, "val_acc": val["acc"], "val_loss": val["loss"]}
                 state.best_state = self.method.learned_state_dict()
         state.history.append(metrics)
         state.epoch, state.pos, state.epoch_accum = epoch, 0, {}
         return metrics
-
-    def _result(self, state: ResumeState, *, completed: bool) -> TrainResult:
-        history = list(state.history)
-        if self.val_data is not None and state.best_state is not None:
-            best_state, best_epoch = state.best_state, state.best["epoch"]
-            metrics = {
-                "best_epoch": best_epoch,
-                "val_acc": state.best["val_acc"],
-                "val_loss": state.best["val_loss"],
-            }
-        else:  # no validation (or none yet): keep the latest weights
-            best_state = self.method.learned_state_dict()
-            best_epoch = history[-1]["epoch"] if history else None
-            metrics = {"best_epoch": best_epoch}
-        if history:
-            metrics["train_loss"] = history[-1]["train_loss"]
-        metrics.update(steps=state.step, epochs_completed=len(history))
-        best_state = {k: v.detach().to("cpu").clone() for k, v in best_state.items()}
-        return TrainResult(
-            best_state=best_state,
-            best_epoch=best_epoch,
-            metrics=metrics,
-            history=history,
-            steps=state.step,
-            completed=completed,
-        )

@@ -1,4 +1,4 @@
-"""SPT's prompt initialisation from downstream token prototypes (papers.md B.2, D.8), streamed.
+"""SPT's prompt initialisation from downstream token prototypes (docs/methods.md B.2, D.8), streamed.
 
 The prompt of block ``l`` is built from the tokens ENTERING block ``l`` of the frozen, un-prompted ViT on
 training images: layer 0 = ``patch_embed`` output (before the positional embedding, no CLS); layer ``l >= 1`` =
@@ -253,6 +253,57 @@ def iter_layer_inputs(
         yield layer, x[:, npt:]
 
 
+def _check_prototype_args(model: Any, num_prompts: int, num_layers: int, strategy: str) -> None:
+    if strategy not in STRATEGIES:
+        raise ConfigError("init", f"unknown prototype strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
+    if num_prompts < 1:
+        raise ConfigError("num_prompts", "prototype init needs num_prompts >= 1")
+    stages.check_vit(model)
+    if not 1 <= num_layers <= len(model.blocks):
+        raise ConfigError("mode", f"num_layers must be in [1, {len(model.blocks)}], got {num_layers}")
+
+
+def _offer_layer_inputs(
+    model: Any,
+    batches: Iterator[torch.Tensor],
+    reservoirs: list[TokenReservoir],
+    strategy: str,
+    stats: PrototypeStats,
+) -> None:
+    """The streamed pass: every batch's per-layer tokens (or pooled windows) go to that layer's reservoir."""
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for images in batches:
+                images = images.to(device=device, dtype=dtype, non_blocking=True)
+                stats.images += images.shape[0]
+                for layer, tokens in iter_layer_inputs(model, images, len(reservoirs)):
+                    if strategy in ("mean-pool", "max-pool"):
+                        tokens = pooled_candidates(tokens, stats.num_prompts, strategy)
+                    reservoirs[layer].offer(tokens)
+    finally:
+        model.train(was_training)
+
+
+def _held_rows(reservoirs: list[TokenReservoir], stats: PrototypeStats) -> torch.Tensor:
+    """``(L, held, D)``: what the reservoirs kept, once they have at least ``num_prompts`` rows each."""
+    if stats.images == 0:
+        raise DataError("prototype init got no training images")
+    stats.candidates_per_layer = reservoirs[0].offered
+    if reservoirs[0].held < stats.num_prompts:
+        raise DataError(
+            f"prototype init ({stats.strategy}) saw {reservoirs[0].offered} candidate tokens per layer in "
+            f"{stats.images} images but needs {stats.num_prompts}: use more images or fewer prompts"
+        )
+    rows = torch.stack([r.rows for r in reservoirs if r.rows is not None])  # (L, held, D), a normal tensor
+    stats.peak_held_rows = sum(r.peak_rows for r in reservoirs)
+    stats.peak_held_bytes = stats.peak_held_rows * rows.shape[-1] * rows.element_size()
+    return rows
+
+
 def compute_prototypes(
     model: Any,
     data: Any,
@@ -272,53 +323,18 @@ def compute_prototypes(
     One streamed no-grad pass over at most ``max_images`` images of ``data`` (see :func:`iter_image_batches`).
     Deterministic for a given ``seed``, data and batch size.
     """
-    if strategy not in STRATEGIES:
-        raise ConfigError("init", f"unknown prototype strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
-    if num_prompts < 1:
-        raise ConfigError("num_prompts", "prototype init needs num_prompts >= 1")
-    stages.check_vit(model)
-    if not 1 <= num_layers <= len(model.blocks):
-        raise ConfigError("mode", f"num_layers must be in [1, {len(model.blocks)}], got {num_layers}")
+    _check_prototype_args(model, num_prompts, num_layers, strategy)
     started = time.perf_counter()
-    param = next(model.parameters())
-    device, dtype = param.device, param.dtype
     data_gen = torch.Generator().manual_seed(seed)
     key_gen = torch.Generator().manual_seed(seed + 1)
     capacity = kmeans_max_tokens if strategy == "kmeans" else num_prompts
     reservoirs = [TokenReservoir(capacity, key_gen) for _ in range(num_layers)]
     stats = PrototypeStats(strategy, num_layers, num_prompts, capacity_per_layer=capacity)
-
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for images in iter_image_batches(
-                data,
-                max_images=max_images,
-                batch_size=batch_size,
-                generator=data_gen,
-                num_workers=num_workers,
-            ):
-                images = images.to(device=device, dtype=dtype, non_blocking=True)
-                stats.images += images.shape[0]
-                for layer, tokens in iter_layer_inputs(model, images, num_layers):
-                    if strategy in ("mean-pool", "max-pool"):
-                        tokens = pooled_candidates(tokens, num_prompts, strategy)
-                    reservoirs[layer].offer(tokens)
-    finally:
-        model.train(was_training)
-
-    if stats.images == 0:
-        raise DataError("prototype init got no training images")
-    stats.candidates_per_layer = reservoirs[0].offered
-    if reservoirs[0].held < num_prompts:
-        raise DataError(
-            f"prototype init ({strategy}) saw {reservoirs[0].offered} candidate tokens per layer in "
-            f"{stats.images} images but needs {num_prompts}: use more images or fewer prompts"
-        )
-    rows = torch.stack([r.rows for r in reservoirs if r.rows is not None])  # (L, held, D), a normal tensor
-    stats.peak_held_rows = sum(r.peak_rows for r in reservoirs)
-    stats.peak_held_bytes = stats.peak_held_rows * rows.shape[-1] * rows.element_size()
+    batches = iter_image_batches(
+        data, max_images=max_images, batch_size=batch_size, generator=data_gen, num_workers=num_workers
+    )
+    _offer_layer_inputs(model, batches, reservoirs, strategy, stats)
+    rows = _held_rows(reservoirs, stats)
     if strategy == "kmeans":
         gen = torch.Generator(device=rows.device).manual_seed(seed + 2)
         with torch.no_grad():

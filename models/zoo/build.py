@@ -24,7 +24,7 @@ import hashlib
 import json
 import platform
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +34,12 @@ from ..backbones.spec import BackboneSpec
 from ..backbones.weights import sha256_file
 from ..errors import ConfigError
 from ..fileio import atomic_write_text
-from .pretrain_clip import ClipPretrainConfig, pretrain_clip, save_clip, zero_shot_report
+from .pretrain_clip import ClipPretrainConfig, pretrain_clip, save_clip
 from .pretrain_vit import VitPretrainConfig, pretrain_vit, save_vit
-from .tasks import ZERO_SHOT_TASKS, build_task
 from .training import resolve_device
+from .verify import EVAL_TASK_SEED as EVAL_TASK_SEED  # the checks stay importable from here
+from .verify import evaluate_clip_zero_shot, verify_with_loader
+from .verify import open_clip_tokenize as open_clip_tokenize
 from .world import WORLD_VERSION
 
 ZOO_VERSION = 1  # bump when a recipe's code path changes what it produces
@@ -70,8 +72,6 @@ _MAE_PROFILES: dict[str, dict[str, Any]] = {
 }
 # Zero-shot evaluation of the CLIP: test images per held-out world task.
 _EVAL_TEST_SIZE = {"quick": 100, "demo": 200, "full": 500, "gpu": 500}
-# Task seed for evaluation: not a seed any pretraining stream uses.
-EVAL_TASK_SEED = 2024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,74 +194,77 @@ def _versions() -> dict[str, str]:
     }
 
 
-def evaluate_clip_zero_shot(
-    model: torch.nn.Module,
-    tokenizer: Callable[..., torch.Tensor],
-    model_config: dict[str, Any],
+def _pretrain_and_save(
+    recipe: Recipe, out_dir: Path, config: dict[str, Any], log: Callable[[str], None] | None
+) -> tuple[Any, str]:
+    """Pretrain ``recipe`` and write its weights; returns (the pretraining result, the weights' sha256)."""
+    result: Any
+    if recipe.family == "open_clip":
+        result = pretrain_clip(config, log=log)
+        _, sha = save_clip(result.model, result.model_config, out_dir / recipe.name)
+    else:
+        result = pretrain_vit(config, log=log)
+        _, sha = save_vit(result.model, weights_path(out_dir, recipe))
+    return result, sha
+
+
+def _training_manifest(
+    recipe: Recipe,
+    profile: str,
+    overrides: dict[str, Any] | None,
     *,
-    arch: str,
-    image_size: int,
-    test_size: int = 500,
-    task_names: Sequence[str] = ZERO_SHOT_TASKS,
-    seed: int = EVAL_TASK_SEED,
-) -> dict[str, dict[str, float]]:
-    """Zero-shot accuracy on held-out world tasks (fresh task seed) vs a random-init CLIP, plus chance."""
-    tasks = [build_task(n, seed=seed, image_size=image_size, sizes={"test": test_size}) for n in task_names]
-    report = zero_shot_report(model, tokenizer, tasks, model_config=model_config, arch=arch)
-    keys = ("pretrained", "random_init", "chance")
-    mean = {k: sum(r[k] for r in report.values()) / max(1, len(report)) for k in keys}
-    return {**report, "mean": mean}
-
-
-def verify_with_loader(spec: BackboneSpec, reference: Any, image_size: int) -> dict[str, Any]:
-    """Load ``spec`` through the real backbone loader and compare with the in-memory model."""
-    from ..backbones.loader import load_backbone
-
-    backbone = load_backbone(spec)
-    x = torch.randn(4, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
-    # Compare frozen with frozen: PyTorch picks other attention kernels when no parameter needs a grad.
-    flags = {n: p.requires_grad for n, p in reference.named_parameters()}
-    reference.requires_grad_(False)
-    try:
-        diff = _max_diff(spec, backbone.model, reference, x)
-    finally:
-        for n, p in reference.named_parameters():
-            p.requires_grad_(flags[n])
+    config: dict[str, Any],
+    spec: BackboneSpec,
+    result: Any,
+    started: float,
+) -> dict[str, Any]:
+    """The manifest's record of what was trained, how, for how long and with which versions."""
     return {
-        "sha256_match": backbone.weights_sha256 == spec.sha256,
-        "max_abs_diff": diff,
-        "preprocessing": dataclasses.asdict(backbone.preprocessing),
+        "name": recipe.name,
+        "description": recipe.description,
+        "profile": profile,
+        "recipe_hash": recipe.recipe_hash(profile, overrides),
+        "config": config,
+        "spec": spec.to_dict(),
+        "sha256": spec.sha256,
+        "steps": result.steps,
+        "train_seconds": round(result.seconds, 2),
+        "images_seen": result.images_seen,
+        "final_loss": result.history[-1]["loss"] if result.history else None,
+        "history": result.history,
+        "versions": _versions(),
+        "device": str(resolve_device(str(config.get("device", "auto")))),
+        "torch_threads": torch.get_num_threads(),
+        "world_version": WORLD_VERSION,
+        "zoo_version": ZOO_VERSION,
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
     }
 
 
-@torch.no_grad()
-def _max_diff(spec: BackboneSpec, loaded: Any, reference: Any, x: torch.Tensor) -> float:
-    if spec.family == "open_clip":
-        tokens = open_clip_tokenize(["two small red circles on a striped background"], spec)
-        image = (loaded.encode_image(x) - reference.encode_image(x)).abs().max().item()
-        text = (loaded.encode_text(tokens) - reference.encode_text(tokens)).abs().max().item()
-        return max(image, text)
-    # Every saved tensor must come back unchanged (an MAE encoder's final `norm` is loaded as `fc_norm`,
-    # its mean-pool readout); with the same (token) readout the outputs must match too.
-    got = loaded.state_dict()
-    diff = 0.0
-    for key, value in reference.state_dict().items():
-        other = got.get(key)
-        if other is None and key.startswith("norm."):
-            other = got.get("fc_" + key)
-        if other is None:
-            raise ConfigError("weights", f"the loaded model lacks {key}")
-        diff = max(diff, (other - value).abs().max().item())
-    if spec.kind == "supervised":
-        diff = max(diff, (loaded(x) - reference(x)).abs().max().item())
-    return diff
+def _loader_check(spec: BackboneSpec, model: Any, image_size: int) -> dict[str, Any]:
+    try:
+        return verify_with_loader(spec, model, image_size)
+    except ImportError as exc:  # the loader is part of the library; only a broken install lacks it
+        return {"error": f"backbone loader unavailable: {exc}"}
 
 
-def open_clip_tokenize(texts: list[str], spec: BackboneSpec) -> torch.Tensor:
-    import open_clip
-
-    context = int((spec.model_config or {}).get("text_cfg", {}).get("context_length", 77))
-    return open_clip.tokenize(texts, context_length=context)
+def _clip_zero_shot(
+    recipe: Recipe, result: Any, image_size: int, profile: str, log: Callable[[str], None] | None
+) -> dict[str, Any]:
+    """The manifest's ``zero_shot`` table and ``zero_shot_seconds``, logged per task."""
+    t0 = time.perf_counter()
+    zero_shot = evaluate_clip_zero_shot(
+        result.model, result.tokenizer, result.model_config, arch=result.config.arch,
+        image_size=image_size, test_size=_EVAL_TEST_SIZE[profile],
+    )  # fmt: skip
+    seconds = round(time.perf_counter() - t0, 2)
+    if log is not None:
+        for task, row in zero_shot.items():
+            log(
+                f"[{recipe.name}] zero-shot {task:<12} pretrained {row['pretrained']:.3f} "
+                f"random-init {row['random_init']:.3f} chance {row['chance']:.3f}"
+            )
+    return {"zero_shot": zero_shot, "zero_shot_seconds": seconds}
 
 
 def build_one(
@@ -278,53 +281,15 @@ def build_one(
     folder = out_dir / recipe.name
     folder.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    result: Any
-    if recipe.family == "open_clip":
-        result = pretrain_clip(config, log=log)
-        _, sha = save_clip(result.model, result.model_config, folder)
-        image_size = result.config.image_size
-    else:
-        result = pretrain_vit(config, log=log)
-        _, sha = save_vit(result.model, weights_path(out_dir, recipe))
-        image_size = result.config.image_size
+    result, sha = _pretrain_and_save(recipe, out_dir, config, log)
+    image_size = result.config.image_size
     spec = backbone_spec(recipe, out_dir, sha, config)
-    manifest: dict[str, Any] = {
-        "name": recipe.name,
-        "description": recipe.description,
-        "profile": profile,
-        "recipe_hash": recipe.recipe_hash(profile, overrides),
-        "config": config,
-        "spec": spec.to_dict(),
-        "sha256": sha,
-        "steps": result.steps,
-        "train_seconds": round(result.seconds, 2),
-        "images_seen": result.images_seen,
-        "final_loss": result.history[-1]["loss"] if result.history else None,
-        "history": result.history,
-        "versions": _versions(),
-        "device": str(resolve_device(str(config.get("device", "auto")))),
-        "torch_threads": torch.get_num_threads(),
-        "world_version": WORLD_VERSION,
-        "zoo_version": ZOO_VERSION,
-        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-    }
-    try:
-        manifest["verified"] = verify_with_loader(spec, result.model, image_size)
-    except ImportError as exc:  # the loader is part of the library; only a broken install lacks it
-        manifest["verified"] = {"error": f"backbone loader unavailable: {exc}"}
+    manifest = _training_manifest(
+        recipe, profile, overrides, config=config, spec=spec, result=result, started=started
+    )
+    manifest["verified"] = _loader_check(spec, result.model, image_size)
     if recipe.family == "open_clip" and evaluate:
-        t0 = time.perf_counter()
-        manifest["zero_shot"] = evaluate_clip_zero_shot(
-            result.model, result.tokenizer, result.model_config, arch=result.config.arch,
-            image_size=image_size, test_size=_EVAL_TEST_SIZE[profile],
-        )  # fmt: skip
-        manifest["zero_shot_seconds"] = round(time.perf_counter() - t0, 2)
-        if log is not None:
-            for task, row in manifest["zero_shot"].items():
-                log(
-                    f"[{recipe.name}] zero-shot {task:<12} pretrained {row['pretrained']:.3f} "
-                    f"random-init {row['random_init']:.3f} chance {row['chance']:.3f}"
-                )
+        manifest.update(_clip_zero_shot(recipe, result, image_size, profile, log))
     _write_json(folder / MANIFEST_NAME, manifest)
     return manifest
 

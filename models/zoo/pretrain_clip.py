@@ -20,7 +20,7 @@ import dataclasses
 import json
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +173,36 @@ def world_images_to_tensor(images: np.ndarray) -> torch.Tensor:
 # ---- training ---------------------------------------------------------------------------------------
 
 
+def _clip_batches(
+    world: World, tokenizer: Callable[..., torch.Tensor], batch_size: int, workers: int
+) -> Generator[tuple[torch.Tensor, torch.Tensor], None, None]:
+    """(uint8 images, caption tokens) of world batch 0, 1, ..., rendered ahead of the training loop."""
+
+    def make(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        images, captions, _ = world.batch(step, batch_size)
+        return world_images_to_tensor(images), tokenizer(captions)
+
+    return prefetch(make, workers=workers)
+
+
+def _contrastive_step(
+    model: torch.nn.Module,
+    loss_fn: Any,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    tokens: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step on a batch; returns (loss, the logit scale the loss used)."""
+    image_features, text_features, logit_scale = _clip_forward(model, images, tokens)
+    loss = loss_fn(image_features, text_features, logit_scale)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():  # as in CLIP: clamp the temperature to at most 100
+        _logit_scale_param(model).clamp_(0, 4.6052)
+    return loss, logit_scale
+
+
 def pretrain_clip(
     config: ClipPretrainConfig | dict[str, Any] | None = None,
     *,
@@ -195,20 +225,15 @@ def pretrain_clip(
     loss_fn = ClipLoss()
     budget = cfg.budget()
 
-    def make(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        images, captions, _ = world.batch(step, cfg.batch_size)
-        return world_images_to_tensor(images), tokenizer(captions)
-
     progress = ProgressLog(f"clip {cfg.arch}", cfg.log_every, log)
     step, seen = 0, 0
     if log is not None:
         params = sum(p.numel() for p in model.parameters())
         log(f"[clip {cfg.arch}] {params / 1e6:.2f} M parameters on {device}; budget {budget}")
-    batches = prefetch(make, workers=cfg.data_workers)
+    batches = _clip_batches(world, tokenizer, cfg.batch_size, cfg.data_workers)
     try:
         for images, tokens in batches:
-            elapsed = progress.elapsed()
-            frac = budget.progress(step, elapsed)
+            frac = budget.progress(step, progress.elapsed())
             if step > 0 and frac >= 1.0:
                 break
             lr = cosine_lr(cfg.lr, frac, step, cfg.warmup_steps)
@@ -216,13 +241,7 @@ def pretrain_clip(
                 group["lr"] = lr
             x = normalise(images, mean, std).to(device, non_blocking=True)
             t = tokens.to(device, non_blocking=True)
-            image_features, text_features, logit_scale = _clip_forward(model, x, t)
-            loss = loss_fn(image_features, text_features, logit_scale)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():  # as in CLIP: clamp the temperature to at most 100
-                _logit_scale_param(model).clamp_(0, 4.6052)
+            loss, logit_scale = _contrastive_step(model, loss_fn, optimizer, x, t)
             seen += images.shape[0]
             step += 1
             progress.step(step - 1, float(loss.detach()), lr, seen, {"scale": float(logit_scale.detach())})

@@ -10,7 +10,7 @@ timm checkpoint:
   scikit-learn digits *train* split only (the mini VTAB-1k ``digits`` val/test images are never seen).
   Heads are dropped when saving.
 - ``mae``: He et al.'s masked autoencoder. The timm encoder sees only the unmasked patches
-  (``mask_ratio`` 0.75) plus the CLS token; a small decoder written here (timm ``Block`` s) predicts the
+  (``mask_ratio`` 0.75) plus the CLS token; a small decoder (:mod:`.mae`, timm ``Block`` s) predicts the
   per-patch normalised pixels of the masked patches. The encoder keeps its final ``norm``, which the loader
   maps to ``fc_norm`` for the MAE mean-pool readout.
 
@@ -35,6 +35,7 @@ from ..backbones.weights import sha256_file
 from ..config import BaseConfig, check_choice, check_float, check_int
 from ..errors import ConfigError
 from . import world as W
+from .mae import MaskedAutoencoder
 from .pretrain_clip import normalise, world_images_to_tensor
 from .training import Budget, ProgressLog, cosine_lr, decay_groups, prefetch, resolve_device
 
@@ -178,121 +179,30 @@ def _digits_train_images(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return digits_task(image_size=image_size).split("train")
 
 
-# ---- MAE ----------------------------------------------------------------------------------------
-
-
-class MaskedAutoencoder(nn.Module):
-    """MAE around a timm ``VisionTransformer`` encoder (class token, learned absolute positions)."""
-
-    def __init__(self, encoder: Any, *, decoder_width: int, decoder_depth: int, decoder_heads: int,
-                 mask_ratio: float, norm_pix_loss: bool) -> None:  # fmt: skip
-        super().__init__()
-        from timm.models.vision_transformer import Block
-
-        if getattr(encoder, "cls_token", None) is None or getattr(encoder, "no_embed_class", False):
-            raise ConfigError(
-                "arch", "the MAE wrapper expects a ViT with a class token and pos_embed over it"
-            )
-        if getattr(encoder, "reg_token", None) is not None:
-            raise ConfigError("arch", "register tokens are not supported by the MAE wrapper")
-        self.encoder = encoder
-        self.mask_ratio = mask_ratio
-        self.norm_pix_loss = norm_pix_loss
-        dim = encoder.embed_dim
-        self.patch = int(encoder.patch_embed.patch_size[0])
-        self.num_patches = int(encoder.patch_embed.num_patches)
-        self.decoder_embed = nn.Linear(dim, decoder_width)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_width))
-        self.decoder_pos = nn.Parameter(torch.zeros(1, self.num_patches + 1, decoder_width))
-        self.decoder_blocks = nn.ModuleList(
-            [Block(decoder_width, decoder_heads, mlp_ratio=4.0, qkv_bias=True) for _ in range(decoder_depth)]
-        )
-        self.decoder_norm = nn.LayerNorm(decoder_width)
-        self.decoder_pred = nn.Linear(decoder_width, self.patch * self.patch * 3)
-        nn.init.trunc_normal_(self.mask_token, std=0.02)
-        nn.init.trunc_normal_(self.decoder_pos, std=0.02)
-
-    def patchify(self, images: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = images.shape
-        p = self.patch
-        x = images.reshape(b, c, h // p, p, w // p, p)
-        return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), p * p * c)
-
-    def encode_visible(
-        self, images: torch.Tensor, generator: torch.Generator | None
-    ) -> tuple[torch.Tensor, ...]:
-        enc: Any = self.encoder
-        x = enc.patch_embed(images)  # (B, N, D)
-        b, n, _ = x.shape
-        x = x + enc.pos_embed[:, 1:]
-        keep = max(1, int(round(n * (1 - self.mask_ratio))))
-        noise = torch.rand(b, n, generator=generator, device="cpu").to(x.device)
-        shuffle = noise.argsort(dim=1)
-        restore = shuffle.argsort(dim=1)
-        kept = shuffle[:, :keep]
-        x = torch.gather(x, 1, kept[..., None].expand(-1, -1, x.shape[-1]))
-        cls = (enc.cls_token + enc.pos_embed[:, :1]).expand(b, -1, -1)
-        x = torch.cat([cls, x], dim=1)
-        x = enc.norm_pre(x)
-        x = enc.blocks(x)
-        x = enc.norm(x)
-        mask = torch.ones(b, n, device=x.device)
-        mask[:, :keep] = 0
-        mask = torch.gather(mask, 1, restore)  # 1 = masked, in patch order
-        return x, restore, mask
-
-    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Mean squared error on the masked patches (per-patch normalised pixels by default)."""
-        latent, restore, mask = self.encode_visible(images, generator)
-        x = self.decoder_embed(latent)
-        b, n = mask.shape
-        tokens = x[:, 1:]
-        fill = self.mask_token.expand(b, n - tokens.shape[1], -1)
-        tokens = torch.cat([tokens, fill], dim=1)
-        tokens = torch.gather(tokens, 1, restore[..., None].expand(-1, -1, x.shape[-1]))
-        x = torch.cat([x[:, :1], tokens], dim=1) + self.decoder_pos
-        for block in self.decoder_blocks:
-            x = block(x)
-        pred = self.decoder_pred(self.decoder_norm(x))[:, 1:]
-        target = self.patchify(images)
-        if self.norm_pix_loss:
-            mean = target.mean(dim=-1, keepdim=True)
-            var = target.var(dim=-1, keepdim=True)
-            target = (target - mean) / (var + 1e-6) ** 0.5
-        loss = ((pred - target) ** 2).mean(dim=-1)
-        return (loss * mask).sum() / mask.sum().clamp_min(1)
-
-
 # ---- the loop -----------------------------------------------------------------------------------
 
 
-def pretrain_vit(
-    config: VitPretrainConfig | dict[str, Any] | None = None,
-    *,
-    log: Callable[[str], None] | None = print,
-) -> VitPretrainResult:
-    """Supervised or MAE pretraining on the world stream (and digits), within the config's budget."""
-    cfg = config if isinstance(config, VitPretrainConfig) else VitPretrainConfig.from_dict(config or {})
-    device = resolve_device(cfg.device)
-    encoder = build_vit(cfg)
-    world = W.World(image_size=cfg.image_size, seed=cfg.seed, supersample=cfg.supersample)
-    digits_x, digits_y = _digits_train_images(cfg.image_size)
-    n_digits = int(round(cfg.batch_size * cfg.digits_fraction)) if cfg.mode == "supervised" else 0
-    n_world = cfg.batch_size - n_digits
-
+def _objective_module(cfg: VitPretrainConfig, encoder: nn.Module) -> nn.Module:
+    """The attribute heads (supervised) or the MAE around ``encoder``, initialised from ``seed + 1``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 1)
         if cfg.mode == "supervised":
-            extra: nn.Module = AttributeHeads(cfg.embed_dim)
-        else:
-            extra = MaskedAutoencoder(
-                encoder, decoder_width=cfg.decoder_width, decoder_depth=cfg.decoder_depth,
-                decoder_heads=cfg.decoder_heads, mask_ratio=cfg.mask_ratio, norm_pix_loss=cfg.norm_pix_loss,
-            )  # fmt: skip
-    trainable = nn.ModuleDict({"encoder": encoder, "extra": extra}) if cfg.mode == "supervised" else extra
-    trainable.to(device).train()
-    optimizer = torch.optim.AdamW(decay_groups(trainable, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
-    budget = cfg.budget()
+            return AttributeHeads(cfg.embed_dim)
+        return MaskedAutoencoder(
+            encoder, decoder_width=cfg.decoder_width, decoder_depth=cfg.decoder_depth,
+            decoder_heads=cfg.decoder_heads, mask_ratio=cfg.mask_ratio, norm_pix_loss=cfg.norm_pix_loss,
+        )  # fmt: skip
+
+
+def _batch_maker(
+    cfg: VitPretrainConfig,
+    world: W.World,
+    digits: tuple[torch.Tensor, torch.Tensor],
+    n_world: int,
+    n_digits: int,
+) -> Callable[[int], dict[str, torch.Tensor]]:
+    """Batch ``step`` as a function of ``step`` alone (so prefetching never changes results)."""
+    digits_x, digits_y = digits
 
     def make(step: int) -> dict[str, torch.Tensor]:
         g = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
@@ -308,11 +218,49 @@ def pretrain_vit(
             item["digits"], item["y_digits"] = digits_x[idx], digits_y[idx]
         return item
 
+    return make
+
+
+def _objective_loss(
+    cfg: VitPretrainConfig,
+    encoder: nn.Module,
+    objective: nn.Module,
+    item: dict[str, torch.Tensor],
+    device: torch.device,
+    step: int,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Step ``step``'s loss (and logged accuracies) under the config's mode."""
+    if cfg.mode == "supervised":
+        return _supervised_loss(encoder, objective, item, device)  # type: ignore[arg-type]
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # the MAE's masks
+    return objective(normalise(item["world"], VIT_MEAN, VIT_STD).to(device), g), {}
+
+
+def pretrain_vit(
+    config: VitPretrainConfig | dict[str, Any] | None = None,
+    *,
+    log: Callable[[str], None] | None = print,
+) -> VitPretrainResult:
+    """Supervised or MAE pretraining on the world stream (and digits), within the config's budget."""
+    cfg = config if isinstance(config, VitPretrainConfig) else VitPretrainConfig.from_dict(config or {})
+    device = resolve_device(cfg.device)
+    encoder = build_vit(cfg)
+    world = W.World(image_size=cfg.image_size, seed=cfg.seed, supersample=cfg.supersample)
+    digits = _digits_train_images(cfg.image_size)
+    n_digits = int(round(cfg.batch_size * cfg.digits_fraction)) if cfg.mode == "supervised" else 0
+    n_world = cfg.batch_size - n_digits
+    extra = _objective_module(cfg, encoder)
+    trainable = nn.ModuleDict({"encoder": encoder, "extra": extra}) if cfg.mode == "supervised" else extra
+    trainable.to(device).train()
+    optimizer = torch.optim.AdamW(decay_groups(trainable, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
+    budget = cfg.budget()
+    make = _batch_maker(cfg, world, digits, n_world, n_digits)
+
     progress = ProgressLog(f"vit-{cfg.mode} {cfg.arch}", cfg.log_every, log)
     if log is not None:
         params = sum(p.numel() for p in encoder.parameters())
         log(f"[vit-{cfg.mode}] encoder {params / 1e6:.2f} M parameters on {device}; budget {budget}")
-    step, seen, lr = 0, 0, cfg.lr
+    step, seen = 0, 0
     batches = prefetch(make, workers=cfg.data_workers)
     try:
         for item in batches:
@@ -322,12 +270,7 @@ def pretrain_vit(
             lr = cosine_lr(cfg.lr, frac, step, cfg.warmup_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            logs: dict[str, float] = {}
-            if cfg.mode == "supervised":
-                loss, logs = _supervised_loss(encoder, extra, item, device)  # type: ignore[arg-type]
-            else:
-                g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-                loss = extra(normalise(item["world"], VIT_MEAN, VIT_STD).to(device), g)
+            loss, logs = _objective_loss(cfg, encoder, extra, item, device, step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable.parameters(), 1.0)
