@@ -13,7 +13,7 @@ from ..config import BaseConfig, check_choice
 from ..errors import ConfigError
 
 Family = Literal["open_clip", "timm"]
-# Which pretraining produced the weights; decides the readout (papers.md B.3):
+# Which pretraining produced the weights; decides the readout (docs/methods.md B.3):
 # CLS token for supervised and MoCo-v3, mean over prompts+patches for MAE, CLIP's own pooling for CLIP.
 WeightsKind = Literal["clip", "supervised", "mae", "moco"]
 

@@ -16,7 +16,7 @@ Weights sources (``spec.weights``):
   mask-token, momentum-encoder, predictor and head/projector tensors are dropped. Any other missing or
   unexpected key is an error that names the keys (a half-random backbone must never load silently).
 
-Readout (papers.md B.3): ``kind`` ``mae`` builds the model with ``global_pool="avg"`` (unless
+Readout (docs/methods.md B.3): ``kind`` ``mae`` builds the model with ``global_pool="avg"`` (unless
 ``model_kwargs`` says otherwise), so timm's pooled pre-logits are ``fc_norm(mean(x[:, prefix:]))`` and the
 MAE encoder's final ``norm`` is loaded into ``fc_norm``: that is SPT's ``norm(mean(x[:, 1:]))``.
 ``supervised`` and ``moco`` keep timm's token pooling, ``norm(x)[:, 0]``.

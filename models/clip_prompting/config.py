@@ -51,7 +51,7 @@ class PromptTowerConfig(BaseConfig):
     Why the defaults (``carry="add"``, ``depth = blocks - 1``): the output is pooled from one token (CLS
     for the image, EOT for the text), so a slot's output after the LAST block never reaches the
     features: a full-depth last-layer P_q is dead in every design. Under ``replace`` every P_q except
-    the last prompted layer's is dead as well (its output is overwritten; papers.md A.6, D.4), so the
+    the last prompted layer's is dead as well (its output is overwritten; docs/methods.md A.6, D.4), so the
     "unshared query" would not learn at all at full depth. With ``add`` and depth = blocks - 1 every
     prompt tensor, P_q included, reaches the pooled output and receives gradient. Configurations with
     tensors that cannot learn are allowed but logged (:func:`dead_prompt_tensors`).

@@ -1,12 +1,12 @@
 """RPP's loss, as pure functions: POMP local contrast (+ local correction) and teacher KD.
 
-POMP (papers.md A.4, D.5; amazon-science/prompt-pretraining ``trainers/pomp.py``, ``CustomCLIP.forward``):
+POMP (docs/methods.md A.4, D.5; amazon-science/prompt-pretraining ``trainers/pomp.py``, ``CustomCLIP.forward``):
 each step draws K-1 class ids shared by the batch; each image is scored against its label (column 0)
 and the K-1 sampled classes; a sampled class equal to the row's label is masked with -1e6; the
 cross-entropy target is always 0. Local correction (random sampling) adds
 ``log10(N-1) - log10(#valid negatives of the row)`` to the negative logits.
 
-KD (RPP abstract; form INFERRED, papers.md A.6): ``lambda * tau^2 * KL(p_T || p_S)`` over the same
+KD (RPP abstract; form INFERRED, docs/methods.md A.6): ``lambda * tau^2 * KL(p_T || p_S)`` over the same
 candidate columns, ``p = softmax(logits / tau)``, computed from log-probabilities so masked columns
 (probability 0 under both) contribute exactly 0 and never NaN.
 """

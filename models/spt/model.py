@@ -1,6 +1,6 @@
 """Prompted ViT: VPT-shallow/deep and SPT (self-prompt tuning) on a frozen timm VisionTransformer.
 
-Sequence (papers.md B.3, C): the prompt tokens go right after the prefix tokens (CLS and registers), after the
+Sequence (docs/methods.md B.3, C): the prompt tokens go right after the prefix tokens (CLS and registers), after the
 positional embedding: ``[CLS, P_0, patches]``. Deep: before block ``i >= 1`` the previous layer's prompt outputs
 are replaced, ``x = cat(x[:, :prefix], P_i, x[:, prefix + M:])``. Readout ``token`` = ``norm(x)[:, 0]``, ``mean`` =
 the mean over prompts and patches with the backbone's final norm (see :func:`stages.pool`), then

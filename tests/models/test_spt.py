@@ -357,7 +357,7 @@ def test_parameter_counts_at_vit_b16(vit_b16) -> None:
     assert sum(p.numel() for p in shallow.learned_parameters().values()) == 76_800 + head
     frozen = sum(p.numel() for p in vit_b16.model.parameters())
     assert frozen > 85_000_000 and all(not p.requires_grad for p in vit_b16.model.parameters())
-    # about 0.2 % of the backbone for the deep prompts (papers.md D.10)
+    # about 0.2 % of the backbone for the deep prompts (docs/methods.md D.10)
     assert 0.002 < 184_320 / frozen < 0.0025
 
 
