@@ -17,7 +17,20 @@ A pure library (no web, database or queue imports), usable from a notebook::
     save_checkpoint(method, "flowers.safetensors", metrics=result.metrics)
     predictions = TunedPredictor(load_checkpoint("flowers.safetensors")).predict(images, k=5)
 
-Methods register themselves by name (``rpp``, ``spt``); see :func:`list_methods`.
+Methods register themselves by name (``rpp``, ``spt``); see :func:`list_methods`. A method from outside
+this repository uses the same public contract::
+
+    from models import ConfigError, MethodConfig, PromptMethod, option, register_method
+
+    @dataclasses.dataclass
+    class MyConfig(MethodConfig):
+        scale: float = option(1.0, minimum=0.0)
+
+    class MyMethod(PromptMethod):
+        def forward(self, images): ...
+        def training_loss(self, batch, generator): ...
+
+    register_method("mine", config_cls=MyConfig, model_cls=MyMethod, family="timm")
 """
 
 from __future__ import annotations
@@ -36,9 +49,11 @@ from .backbones import (
     save_clip_local_dir,
     save_timm_weights,
 )
+from .backbones.weights import sha256_file, verify_sha256
 from .base import MethodConfig, PromptMethod
 from .checkpoint import load_checkpoint, read_checkpoint_metadata, save_checkpoint
-from .engine import TrainConfig, Trainer, TrainResult
+from .config import option
+from .engine import TrainConfig, Trainer, TrainResult, read_state, state_files
 from .errors import (
     CheckpointError,
     ConfigError,
@@ -49,8 +64,18 @@ from .errors import (
     WeightsIntegrityError,
     WeightsNotFoundError,
 )
+from .fileio import atomic_path, atomic_write_bytes
 from .inference import TunedPredictor, ZeroShotClassifier, predict_topk
-from .registry import get_method, list_methods, method_config
+from .registry import (
+    CAPABILITIES,
+    MethodEntry,
+    get_method,
+    list_methods,
+    method_config,
+    method_entries,
+    register_method,
+)
+from .schema import config_schema
 
 __version__ = "0.1.0"
 
@@ -83,12 +108,20 @@ def build_method(
 
 
 __all__ = [
+    "atomic_write_bytes",
+    "atomic_path",
+    "state_files",
+    "read_state",
+    "verify_sha256",
+    "sha256_file",
+    "CAPABILITIES",
     "Backbone",
     "BackboneSpec",
     "CheckpointError",
     "ConfigError",
     "DataError",
     "MethodConfig",
+    "MethodEntry",
     "Preprocessing",
     "PromptMethod",
     "PromptuneError",
@@ -102,14 +135,18 @@ __all__ = [
     "WeightsNotFoundError",
     "ZeroShotClassifier",
     "build_method",
+    "config_schema",
     "data",
     "get_method",
     "list_methods",
     "load_backbone",
     "load_checkpoint",
     "method_config",
+    "method_entries",
+    "option",
     "predict_topk",
     "read_checkpoint_metadata",
+    "register_method",
     "save_checkpoint",
     "save_clip_local_dir",
     "save_timm_weights",

@@ -9,19 +9,45 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import torch
 from torch import nn
 
 from .backbones.spec import Backbone
 from .config import BaseConfig
-from .errors import CheckpointError, DataError
+from .errors import CheckpointError, ConfigError, DataError
 
 
 @dataclasses.dataclass
 class MethodConfig(BaseConfig):
-    """Base class of the per-method configs."""
+    """Base class of the per-method configs: a dataclass whose fields are the method's options.
+
+    Declare each field with :func:`models.config.option` (choices, bounds, ``runtime``) so that it is
+    validated and published in the method's JSON Schema (``models.schema.config_schema``). A method may
+    also accept *shorthands*, request fields that set several config fields at once (RPP's ``design``
+    sets both towers' designs): list them in ``shorthands`` with their JSON Schema and expand them in
+    :meth:`expand_shorthands`.
+    """
+
+    shorthands: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+
+    @classmethod
+    def expand_shorthands(cls, values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        """``(config values, {config field: the shorthand that set it})``; by default no shorthands."""
+        return dict(values), {}
+
+    @classmethod
+    def from_request(cls, values: Mapping[str, Any] | None) -> Self:
+        """Like ``from_dict``, with shorthands expanded; an error names the field the caller wrote."""
+        expanded, origin = cls.expand_shorthands(values or {})
+        try:
+            return cls.from_dict(expanded)
+        except ConfigError as exc:
+            written = origin.get(exc.field.split(".", 1)[0])
+            if written is None:
+                raise
+            raise ConfigError(written, exc.message.split(": ", 1)[-1]) from None
 
 
 class PromptMethod(nn.Module):

@@ -3,22 +3,113 @@
 Configs follow peft's pattern: a dataclass whose ``__post_init__`` rejects bad values with a
 :class:`~models.errors.ConfigError` naming the field, and ``from_dict`` that refuses unknown keys
 (so a typo in a job spec is an error, not a silently ignored option).
+
+A field's own limits (choices, bounds) are declared once, with :func:`option`; ``__post_init__``
+checks them and ``models.schema`` turns them into the JSON Schema the service publishes, so the two
+can never disagree. Checks that involve several fields stay in the config's ``__post_init__``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 from .errors import ConfigError
 
 C = TypeVar("C", bound="BaseConfig")
+_UNSET: Any = dataclasses.MISSING
+
+
+def option(
+    default: Any = _UNSET,
+    *,
+    default_factory: Any = _UNSET,
+    choices: Iterable[Any] | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    exclusive_minimum: bool = False,
+    runtime: bool = False,
+) -> Any:
+    """A config field with its own limits, checked by :meth:`BaseConfig.check_options`.
+
+    Args:
+        choices: the allowed values.
+        minimum, maximum: inclusive bounds of a number (``exclusive_minimum``: ``value > minimum``).
+        runtime: how a run executes (threads, checkpoint cadence, caps) rather than what it computes;
+            a service decides these itself instead of taking them from a job's submitter.
+    """
+    metadata: dict[str, Any] = {"runtime": runtime}
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    if minimum is not None:
+        metadata["minimum"] = minimum
+        metadata["exclusive_minimum"] = exclusive_minimum
+    if maximum is not None:
+        metadata["maximum"] = maximum
+    if default_factory is not _UNSET:
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+_FIELD_TYPES: dict[type, dict[str, tuple[Any, bool]]] = {}
+
+
+def field_types(cls: type) -> dict[str, tuple[Any, bool]]:
+    """Field name -> (base type, whether None is allowed), from the class's annotations (cached)."""
+    if cls in _FIELD_TYPES:
+        return _FIELD_TYPES[cls]
+    out: dict[str, tuple[Any, bool]] = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        args = typing.get_args(hint)
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):
+            rest = [a for a in args if a is not type(None)]
+            out[name] = (rest[0] if len(rest) == 1 else object, type(None) in args)
+        else:
+            out[name] = (hint, False)
+    _FIELD_TYPES[cls] = out
+    return out
+
+
+def _check_option(field: dataclasses.Field[Any], value: Any, base: Any) -> None:
+    meta = field.metadata
+    if "choices" in meta:
+        check_choice(field.name, value, meta["choices"])
+    elif base is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(field.name, f"must be true or false, got {value!r}")
+    elif base is int:
+        check_int(field.name, value, minimum=meta.get("minimum"), maximum=meta.get("maximum"))
+    elif base is float:
+        check_float(
+            field.name,
+            value,
+            minimum=meta.get("minimum"),
+            maximum=meta.get("maximum"),
+            strict_min=meta.get("exclusive_minimum", False),
+        )
 
 
 @dataclasses.dataclass
 class BaseConfig:
     """Base for every config dataclass in ``models``."""
+
+    def __post_init__(self) -> None:
+        self.check_options()
+
+    def check_options(self) -> None:
+        """Check every field declared with :func:`option` against its type, choices and bounds."""
+        types_ = field_types(type(self))
+        for field in dataclasses.fields(self):
+            if "runtime" not in field.metadata:
+                continue  # a plain field: the config's own __post_init__ checks it
+            value = getattr(self, field.name)
+            base, nullable = types_[field.name]
+            if value is None and nullable:
+                continue
+            _check_option(field, value, base)
 
     @classmethod
     def field_names(cls) -> list[str]:

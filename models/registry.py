@@ -1,19 +1,28 @@
 """Method registry, after peft's ``register_peft_method`` and timm's ``register_model``.
 
-Each method package (``models/rpp``, ``models/spt``) registers its config and model class under a
-lowercase name at import time; a duplicate or malformed name fails at import, not at run time.
+The registry is the one place that knows which methods exist and what each can do. A method package
+(``models/rpp``, ``models/spt``, or a module outside this repository) registers its config and model
+class under a lowercase name at import time; a duplicate or malformed registration fails at import, not
+at run time. The service derives its job fields, their JSON Schema and its checks from these entries.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .base import MethodConfig, PromptMethod
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+FAMILIES = ("open_clip", "timm")
+# What a method can do beyond training a classifier over its dataset's classes.
+CAPABILITIES = {
+    "zero_shot": "classifies arbitrary class names zero-shot (set_class_names on a loaded model)",
+    "init_from": "can start from another model of the same method (the job field init_from)",
+}
 
 
 @dataclass(frozen=True)
@@ -22,27 +31,70 @@ class MethodEntry:
     config_cls: type[MethodConfig]
     model_cls: type[PromptMethod]
     family: str  # the backbone family the method runs on: "open_clip" or "timm"
+    capabilities: frozenset[str] = field(default_factory=frozenset)
+    description: str = ""
+
+    def can(self, capability: str) -> bool:
+        return capability in self.capabilities
+
+    def config_schema(self) -> dict[str, Any]:
+        """The JSON Schema of the method's config: its dataclass fields plus its request shorthands."""
+        from .schema import config_schema
+
+        schema = config_schema(self.config_cls)
+        schema["properties"].update({k: dict(v) for k, v in self.config_cls.shorthands.items()})
+        return schema
 
 
 _METHODS: dict[str, MethodEntry] = {}
 
 
 def register_method(
-    name: str, *, config_cls: type[MethodConfig], model_cls: type[PromptMethod], family: str
-) -> None:
-    """Register a prompt-learning method. Raises ``ValueError`` on a bad or duplicate name."""
+    name: str,
+    *,
+    config_cls: type[MethodConfig],
+    model_cls: type[PromptMethod],
+    family: str,
+    capabilities: Iterable[str] = (),
+    description: str = "",
+) -> MethodEntry:
+    """Register a prompt-learning method; raises ``ValueError`` on a bad or duplicate registration.
+
+    Args:
+        name: lowercase letters, digits and underscores; the ``method`` of jobs and checkpoints.
+        config_cls: a :class:`~models.base.MethodConfig` dataclass; its fields are the method's options.
+        model_cls: a :class:`~models.base.PromptMethod` implementing ``forward`` and ``training_loss``.
+        family: the backbone family it runs on (``open_clip`` or ``timm``).
+        capabilities: names from :data:`CAPABILITIES`.
+        description: one line for listings.
+    """
+    from .base import MethodConfig, PromptMethod
+
     if not _NAME.match(name):
         raise ValueError(f"method name {name!r} must be lowercase letters, digits and underscores")
     if name in _METHODS:
         raise ValueError(f"method {name!r} is already registered")
-    if family not in ("open_clip", "timm"):
+    if family not in FAMILIES:
         raise ValueError(f"method {name!r}: family must be 'open_clip' or 'timm', got {family!r}")
-    _METHODS[name] = MethodEntry(name, config_cls, model_cls, family)
+    if not (isinstance(config_cls, type) and issubclass(config_cls, MethodConfig)):
+        raise ValueError(f"method {name!r}: config_cls must be a MethodConfig dataclass")
+    if not (isinstance(model_cls, type) and issubclass(model_cls, PromptMethod)):
+        raise ValueError(f"method {name!r}: model_cls must be a PromptMethod subclass")
+    unknown = sorted(set(capabilities) - set(CAPABILITIES))
+    if unknown:
+        raise ValueError(f"method {name!r}: unknown capabilities {unknown} (known: {sorted(CAPABILITIES)})")
+    entry = MethodEntry(name, config_cls, model_cls, family, frozenset(capabilities), description)
+    _METHODS[name] = entry
     model_cls.method_name = name
+    return entry
 
 
 def list_methods() -> list[str]:
     return sorted(_METHODS)
+
+
+def method_entries() -> list[MethodEntry]:
+    return [_METHODS[name] for name in list_methods()]
 
 
 def get_method(name: str) -> MethodEntry:

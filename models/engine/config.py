@@ -1,7 +1,7 @@
 """TrainConfig: the optimisation recipe shared by every method.
 
 Defaults follow SPT's recipe (AdamW, per-step linear warm-up then half-cosine to ``min_lr``,
-separate head weight decay; papers.md B); SGD with momentum covers VPT/POMP-style recipes.
+separate head weight decay; docs/methods.md B); SGD with momentum covers VPT/POMP-style recipes.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import hashlib
 import json
 from typing import Any
 
-from ..config import BaseConfig, check_choice, check_float, check_int
+from ..config import BaseConfig, check_float, option
 from ..errors import ConfigError
 
 # Fields that change how a run is executed or recorded but never the numbers it produces: a
@@ -47,55 +47,34 @@ class TrainConfig(BaseConfig):
         drop_last: drop the last incomplete batch of each epoch.
     """
 
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    optimizer: str = "adamw"  # adamw | sgd
-    momentum: float = 0.9  # sgd only
+    epochs: int = option(10, minimum=1, maximum=100_000)
+    batch_size: int = option(32, minimum=1, maximum=1 << 16)
+    lr: float = option(1e-3, minimum=0.0, exclusive_minimum=True, maximum=100.0)
+    optimizer: str = option("adamw", choices=("adamw", "sgd"))
+    momentum: float = option(0.9, minimum=0.0, maximum=1.0)  # sgd only
     betas: tuple[float, float] = (0.9, 0.999)  # adamw only
-    weight_decay: float = 0.0  # prompts (1-D tensors never decay)
-    head_weight_decay: float | None = None  # None = weight_decay
-    warmup_epochs: float = 0.0  # linear warm-up, per step, in epochs
-    min_lr: float = 0.0  # cosine floor
-    seed: int = 0
-    grad_clip: float | None = None  # max global grad norm
-    checkpoint_every_steps: int = 50  # 0 = epoch ends only
-    eval_every_epochs: int = 1
-    max_steps: int | None = None  # cap on global steps for this run
-    num_workers: int = 0
-    eval_batch_size: int | None = None  # None = batch_size
-    drop_last: bool = False
+    weight_decay: float = option(0.0, minimum=0.0, maximum=1000.0)  # prompts (1-D tensors never decay)
+    head_weight_decay: float | None = option(None, minimum=0.0, maximum=1000.0)  # None = weight_decay
+    warmup_epochs: float = option(0.0, minimum=0.0)  # linear warm-up, per step, in epochs
+    min_lr: float = option(0.0, minimum=0.0)  # cosine floor
+    seed: int = option(0, minimum=0, maximum=2**63 - 1)
+    grad_clip: float | None = option(None, minimum=0.0, exclusive_minimum=True)  # max global grad norm
+    checkpoint_every_steps: int = option(50, minimum=0, runtime=True)  # 0 = epoch ends only
+    eval_every_epochs: int = option(1, minimum=1)
+    max_steps: int | None = option(None, minimum=1, runtime=True)  # cap on global steps for this run
+    num_workers: int = option(0, minimum=0, maximum=64, runtime=True)
+    eval_batch_size: int | None = option(None, minimum=1, maximum=1 << 16)  # None = batch_size
+    drop_last: bool = option(False)
 
     def __post_init__(self) -> None:
-        check_int("epochs", self.epochs, minimum=1, maximum=100_000)
-        check_int("batch_size", self.batch_size, minimum=1, maximum=1 << 16)
-        check_float("lr", self.lr, minimum=0.0, strict_min=True, maximum=100.0)
-        check_choice("optimizer", self.optimizer, ("adamw", "sgd"))
-        check_float("momentum", self.momentum, minimum=0.0, maximum=1.0)
+        super().__post_init__()
         if self.momentum >= 1.0:
             raise ConfigError("momentum", f"must be < 1, got {self.momentum}")
         self.betas = self._check_betas(self.betas)
-        check_float("weight_decay", self.weight_decay, minimum=0.0, maximum=1000.0)
-        if self.head_weight_decay is not None:
-            check_float("head_weight_decay", self.head_weight_decay, minimum=0.0, maximum=1000.0)
-        check_float("warmup_epochs", self.warmup_epochs, minimum=0.0)
         if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
             raise ConfigError("warmup_epochs", f"must be < epochs ({self.epochs}), got {self.warmup_epochs}")
-        check_float("min_lr", self.min_lr, minimum=0.0)
         if self.min_lr > self.lr:
             raise ConfigError("min_lr", f"must be <= lr ({self.lr}), got {self.min_lr}")
-        check_int("seed", self.seed, minimum=0, maximum=2**63 - 1)
-        if self.grad_clip is not None:
-            check_float("grad_clip", self.grad_clip, minimum=0.0, strict_min=True)
-        check_int("checkpoint_every_steps", self.checkpoint_every_steps, minimum=0)
-        check_int("eval_every_epochs", self.eval_every_epochs, minimum=1)
-        if self.max_steps is not None:
-            check_int("max_steps", self.max_steps, minimum=1)
-        check_int("num_workers", self.num_workers, minimum=0, maximum=64)
-        if self.eval_batch_size is not None:
-            check_int("eval_batch_size", self.eval_batch_size, minimum=1, maximum=1 << 16)
-        if not isinstance(self.drop_last, bool):
-            raise ConfigError("drop_last", f"must be a boolean, got {self.drop_last!r}")
 
     @staticmethod
     def _check_betas(betas: Any) -> tuple[float, float]:

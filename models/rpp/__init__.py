@@ -5,7 +5,14 @@ from .config import RPPConfig
 from .loss import kd_loss, local_contrast_logits, local_correction_offset, sample_negative_classes
 from .model import RPPModel
 
-register_method("rpp", config_cls=RPPConfig, model_cls=RPPModel, family="open_clip")
+register_method(
+    "rpp",
+    config_cls=RPPConfig,
+    model_cls=RPPModel,
+    family="open_clip",
+    capabilities=("zero_shot", "init_from"),
+    description="prompt pretraining of CLIP with unshared q/k/v prompts and teacher distillation",
+)
 
 __all__ = [
     "RPPConfig",

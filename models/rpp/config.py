@@ -1,8 +1,8 @@
-"""RPP configuration (Revisiting Prompt Pretraining, arXiv 2409.06166; papers.md A).
+"""RPP configuration (Revisiting Prompt Pretraining, arXiv 2409.06166; docs/methods.md A).
 
 Only the abstract of RPP is public. What is taken from it: unshared query/key/value prompts, and soft
 labels from a frozen CLIP teacher's zero-shot probabilities added to the hard-label loss. The training
-loss around them is POMP's (local contrast over K sampled classes with local correction, papers.md A.4).
+loss around them is POMP's (local contrast over K sampled classes with local correction, docs/methods.md A.4).
 Everything else (where the prompts sit, carry mode, depth, KD direction and temperature) is INFERRED and
 configurable; the defaults are documented field by field.
 """
@@ -10,15 +10,17 @@ configurable; the defaults are documented field by field.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from ..backbones.spec import BackboneSpec
 from ..base import MethodConfig
 from ..clip_prompting.config import CARRY_MODES, MAX_PROMPT_LENGTH, PromptTowerConfig
-from ..config import check_choice, check_float, check_int
+from ..config import option
 from ..errors import ConfigError
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
+SHORTHAND_DESIGNS = ("qkv", "shared", "coop")
 MAX_TEMPLATES = 256
 
 
@@ -50,47 +52,80 @@ class RPPConfig(MethodConfig):
             deterministic (no random augmentation): leave False otherwise.
     """
 
-    text_design: str = "qkv"
-    vision_design: str = "qkv"
-    text_length: int = 4
-    vision_length: int = 4
-    text_depth: int | None = None
-    vision_depth: int | None = None
-    carry: str = "add"
+    text_design: str = option("qkv", choices=("none", "coop", "shared", "qkv"))
+    vision_design: str = option("qkv", choices=("none", "shared", "qkv"))
+    text_length: int = option(4, minimum=0, maximum=MAX_PROMPT_LENGTH)
+    vision_length: int = option(4, minimum=0, maximum=MAX_PROMPT_LENGTH)
+    text_depth: int | None = option(None, minimum=1)
+    vision_depth: int | None = option(None, minimum=1)
+    carry: str = option("add", choices=CARRY_MODES)
     ctx_init: str | None = None
-    init_std: float = 0.02
-    num_sampled_classes: int = 1000
-    local_correction: bool = True
-    kd_weight: float = 1.0
-    kd_temperature: float = 1.0
-    teacher: dict[str, Any] | None = None
+    init_std: float = option(0.02, minimum=0.0, exclusive_minimum=True)
+    num_sampled_classes: int = option(1000, minimum=2)
+    local_correction: bool = option(True)
+    kd_weight: float = option(1.0, minimum=0.0)
+    kd_temperature: float = option(1.0, minimum=0.0, exclusive_minimum=True)
+    teacher: dict[str, Any] | None = dataclasses.field(
+        default=None, metadata={"backbone_family": "open_clip"}
+    )
     templates: list[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_TEMPLATES))
-    cache_image_features: bool = False
+    cache_image_features: bool = option(False)
+
+    # The service's compact request fields (its REST contract since v1): one design, length and depth
+    # for every prompted tower. ``coop`` is POMP's shallow text context alone (no vision prompts).
+    shorthands: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "design": {
+            "enum": list(SHORTHAND_DESIGNS),
+            "description": "both towers' prompt design (sets text_design and vision_design); "
+            "coop = a shallow text context alone",
+        },
+        "n_ctx": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": MAX_PROMPT_LENGTH,
+            "description": "prompt tokens in every prompted tower (sets text_length / vision_length)",
+        },
+        "depth": {
+            "type": ["integer", "null"],
+            "minimum": 1,
+            "description": "prompted blocks in every prompted tower (sets text_depth / vision_depth)",
+        },
+    }
+
+    @classmethod
+    def expand_shorthands(cls, values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        out = {k: v for k, v in values.items() if k not in cls.shorthands}
+        origin: dict[str, str] = {}
+
+        def put(shorthand: str, field: str, value: Any) -> None:
+            if field in values:
+                raise ConfigError(shorthand, f"give either {shorthand} or {field}, not both")
+            out[field] = value
+            origin[field] = shorthand
+
+        design = values.get("design", "qkv")
+        if design not in SHORTHAND_DESIGNS:
+            choices = ", ".join(map(repr, SHORTHAND_DESIGNS))
+            raise ConfigError("design", f"must be one of {choices}, got {design!r}")
+        towers = ("text",) if design == "coop" else ("text", "vision")
+        if "design" in values:
+            put("design", "text_design", design)
+            put("design", "vision_design", "none" if design == "coop" else design)
+        for shorthand, suffix in (("n_ctx", "length"), ("depth", "depth")):
+            if shorthand in values:
+                for tower in towers:
+                    put(shorthand, f"{tower}_{suffix}", values[shorthand])
+        return out, origin
 
     def __post_init__(self) -> None:
-        check_choice("text_design", self.text_design, ("none", "coop", "shared", "qkv"))
-        check_choice("vision_design", self.vision_design, ("none", "shared", "qkv"))
-        check_int("text_length", self.text_length, minimum=0, maximum=MAX_PROMPT_LENGTH)
-        check_int("vision_length", self.vision_length, minimum=0, maximum=MAX_PROMPT_LENGTH)
-        for name in ("text_depth", "vision_depth"):
-            value = getattr(self, name)
-            if value is not None:
-                check_int(name, value, minimum=1)
+        super().__post_init__()
         if self.text_design == "coop" and self.text_depth not in (None, 1):
             raise ConfigError("text_depth", "coop is a shallow (layer-0) context: depth must be 1 or null")
-        check_choice("carry", self.carry, CARRY_MODES)
         if self.ctx_init is not None:
             if not isinstance(self.ctx_init, str) or not self.ctx_init.strip():
                 raise ConfigError("ctx_init", "must be non-empty words or null")
             if self.text_design == "none" or self.text_length == 0:
                 raise ConfigError("ctx_init", "needs text prompts (text_design != 'none', text_length > 0)")
-        check_float("init_std", self.init_std, minimum=0.0, strict_min=True)
-        check_int("num_sampled_classes", self.num_sampled_classes, minimum=2)
-        for name in ("local_correction", "cache_image_features"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
-        check_float("kd_weight", self.kd_weight, minimum=0.0)
-        check_float("kd_temperature", self.kd_temperature, minimum=0.0, strict_min=True)
         if self.teacher is not None:
             if not isinstance(self.teacher, dict):
                 raise ConfigError("teacher", "must be a backbone spec object or null")

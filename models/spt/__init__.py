@@ -7,6 +7,12 @@ from .config import SPTConfig
 from .model import SPTModel
 from .prototypes import PrototypeStats, compute_prototypes
 
-register_method("spt", config_cls=SPTConfig, model_cls=SPTModel, family="timm")
+register_method(
+    "spt",
+    config_cls=SPTConfig,
+    model_cls=SPTModel,
+    family="timm",
+    description="self-prompt tuning of a frozen ViT (VPT with init=xavier)",
+)
 
 __all__ = ["SPTConfig", "SPTModel", "PrototypeStats", "compute_prototypes"]

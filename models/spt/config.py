@@ -1,17 +1,17 @@
-"""SPT / VPT configuration (papers.md B and C)."""
+"""SPT / VPT configuration (docs/methods.md B and C)."""
 
 from __future__ import annotations
 
 import dataclasses
 
 from ..base import MethodConfig
-from ..config import check_choice, check_float, check_int
+from ..config import option
 from ..errors import ConfigError
 
 MODES = ("shallow", "deep")
 INITS = ("xavier", "random", "mean-pool", "max-pool", "kmeans")
 READOUTS = ("auto", "token", "mean")
-DEFAULT_NUM_PROMPTS = {"shallow": 100, "deep": 20}  # SPT's defaults (papers.md B.1)
+DEFAULT_NUM_PROMPTS = {"shallow": 100, "deep": 20}  # SPT's defaults (docs/methods.md B.1)
 MAX_NUM_PROMPTS = 512
 
 
@@ -38,32 +38,22 @@ class SPTConfig(MethodConfig):
         prompt_dropout: dropout on the prompt tokens while training (VPT; 0 by default).
     """
 
-    mode: str = "deep"
-    num_prompts: int | None = None
-    init: str = "random"
-    init_max_images: int = 1000
-    init_batch_size: int = 64
-    kmeans_iters: int = 20
-    kmeans_max_tokens: int = 4096
-    readout: str = "auto"
-    head_init_std: float | None = None
-    prompt_dropout: float = 0.0
+    mode: str = option("deep", choices=MODES)
+    num_prompts: int | None = option(None, minimum=0, maximum=MAX_NUM_PROMPTS)
+    init: str = option("random", choices=INITS)
+    init_max_images: int = option(1000, minimum=1)
+    init_batch_size: int = option(64, minimum=1, maximum=4096, runtime=True)
+    kmeans_iters: int = option(20, minimum=1, maximum=1000)
+    kmeans_max_tokens: int = option(4096, minimum=1, maximum=1_000_000, runtime=True)
+    readout: str = option("auto", choices=READOUTS)
+    head_init_std: float | None = option(None, minimum=0.0, maximum=1.0, exclusive_minimum=True)
+    prompt_dropout: float = option(0.0, minimum=0.0)
 
     def __post_init__(self) -> None:
-        check_choice("mode", self.mode, MODES)
+        super().__post_init__()
         if self.num_prompts is None:
             self.num_prompts = DEFAULT_NUM_PROMPTS[self.mode]
-        check_int("num_prompts", self.num_prompts, minimum=0, maximum=MAX_NUM_PROMPTS)
-        check_choice("init", self.init, INITS)
-        check_int("init_max_images", self.init_max_images, minimum=1)
-        check_int("init_batch_size", self.init_batch_size, minimum=1, maximum=4096)
-        check_int("kmeans_iters", self.kmeans_iters, minimum=1, maximum=1000)
-        check_int("kmeans_max_tokens", self.kmeans_max_tokens, minimum=1, maximum=1_000_000)
         if self.init == "kmeans" and self.kmeans_max_tokens < self.num_prompts:
             raise ConfigError("kmeans_max_tokens", f"must be >= num_prompts ({self.num_prompts}) for k-means")
-        check_choice("readout", self.readout, READOUTS)
-        if self.head_init_std is not None:
-            check_float("head_init_std", self.head_init_std, minimum=0.0, maximum=1.0, strict_min=True)
-        check_float("prompt_dropout", self.prompt_dropout, minimum=0.0)
         if self.prompt_dropout >= 1.0:
             raise ConfigError("prompt_dropout", f"must be < 1, got {self.prompt_dropout}")
