@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 import torch
 from PIL import Image
 
-from models.backbones.spec import BackboneSpec
+from models import BackboneSpec
 
 V = TypeVar("V")
 
@@ -84,8 +84,7 @@ class InferenceCache:
         The checkpoint is verified first (sha256, then its header and metadata), both cheap, and only then
         is the backbone loaded: a tampered or torn file never costs a backbone load.
         """
-        from models import load_checkpoint, read_checkpoint_metadata
-        from models.backbones.weights import verify_sha256
+        from models import load_checkpoint, read_checkpoint_metadata, verify_sha256
 
         def load() -> Any:
             verify_sha256(checkpoint_path, sha256)
@@ -124,7 +123,7 @@ def images_to_batch(images: Sequence[Image.Image], backbone: Any) -> torch.Tenso
 
 
 def predict_tuned(method: Any, images: Sequence[Image.Image], top_k: int) -> list[dict[str, Any]]:
-    from models.inference import predict_topk
+    from models import predict_topk
 
     batch = images_to_batch(images, method.backbone)
     with torch.inference_mode():
@@ -133,7 +132,7 @@ def predict_tuned(method: Any, images: Sequence[Image.Image], top_k: int) -> lis
 
 
 def predict_zero_shot(classifier: Any, images: Sequence[Image.Image], top_k: int) -> list[dict[str, Any]]:
-    from models.inference import predict_topk
+    from models import predict_topk
 
     batch = images_to_batch(images, classifier.backbone)
     with torch.inference_mode():

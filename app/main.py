@@ -11,10 +11,12 @@ from collections.abc import Callable
 from fastapi import FastAPI
 
 from app.api.errors import install_error_handlers
-from app.api.routes import backbones, datasets, health, jobs, predict, tuned_models
+from app.api.routes import backbones, datasets, health, jobs, methods, predict, tuned_models
 from app.core.backbones import RegistryFile
 from app.core.db import repo
 from app.core.db.session import get_engine, session_factory
+from app.core.methods import load_method_modules
+from app.core.queue import enqueue_job
 from app.core.settings import Settings, get_settings
 from app.core.storage import make_storage
 from app.inference import InferenceCache
@@ -23,20 +25,15 @@ from app.metrics import Metrics, MetricsMiddleware
 log = logging.getLogger("promptune.api")
 
 
-def _default_enqueue(job_id: str) -> None:
-    # Imported lazily: the API must start (and keep accepting jobs) even when the broker is down.
-    from worker.celery_app import enqueue_job
-
-    enqueue_job(job_id)
-
-
 def create_app(settings: Settings | None = None, *, enqueue: Callable[[str], None] | None = None) -> FastAPI:
     """Build the API around ``settings`` (default: from the environment).
 
     Args:
-        enqueue: how a new job id reaches the workers (default: ``worker.celery_app.enqueue_job``).
+        enqueue: how a new job id reaches the workers (default: ``app.core.queue.enqueue_job``, which
+            connects on first use, so the API starts and keeps accepting jobs while the broker is down).
     """
     settings = settings or get_settings()
+    load_method_modules(settings)  # before serving: the routes read the method registry
     app = FastAPI(
         title="Promptune",
         version="0.1.0",
@@ -50,7 +47,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Callable[[str], Non
     app.state.storage = make_storage(settings.storage_url, settings.data_dir)
     app.state.backbones = RegistryFile(settings.backbones_file)
     app.state.inference = InferenceCache(settings.inference_cache_size)
-    app.state.enqueue = enqueue or _default_enqueue
+    app.state.enqueue = enqueue or enqueue_job
 
     def count_jobs() -> dict[str, int]:
         with app.state.sessionmaker() as session:
@@ -59,7 +56,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Callable[[str], Non
     app.state.metrics = Metrics(count_jobs)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)
-    for module in (health, datasets, backbones, jobs, tuned_models, predict):
+    for module in (health, datasets, backbones, methods, jobs, tuned_models, predict):
         app.include_router(module.router)
     return app
 

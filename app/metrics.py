@@ -14,7 +14,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+from app.core.status import JobStatus
+
+JOB_STATUSES = tuple(JobStatus)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 

@@ -6,27 +6,20 @@ public schemas expose only what a client may see (never tenant_id, key hashes or
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from datetime import datetime
+from typing import Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from app.core.status import JobStatus
 
-def _utc(value: datetime) -> datetime:
-    # SQLite returns naive datetimes; every timestamp the service writes is UTC.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
-
-
-Timestamp = Annotated[datetime, AfterValidator(_utc)]
+# Timestamps come from UTCDateTime columns (app/core/db/types.py): always timezone-aware UTC.
+Timestamp = datetime
 
 # The largest integer a query parameter may carry into SQL (found by schemathesis: larger ones were 500s).
 # SQLite overflows above 2**63 - 1 (offset); PostgreSQL compares the events cursor with job_events.id,
 # a 32-bit INTEGER. One bound for both: nobody pages past 2**31 rows.
 MAX_SQL_INTEGER = 2**31 - 1
-
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
-ACTIVE_STATUSES: frozenset[str] = frozenset({"queued", "running"})
 
 
 class _Public(BaseModel):
@@ -49,8 +42,16 @@ class SkippedFile(BaseModel):
     reason: str
 
 
+class TrimmedFile(BaseModel):
+    """An image stored without the bytes that followed its end (a gain map, a motion photo, a polyglot)."""
+
+    path: str
+    bytes_removed: int
+
+
 class DatasetReport(BaseModel):
     skipped: list[SkippedFile] = Field(default_factory=list)
+    trimmed: list[TrimmedFile] = Field(default_factory=list)  # empty in reports stored before it existed
 
 
 class DatasetPublic(_Public):
@@ -75,13 +76,24 @@ class BackbonePublic(BaseModel):
     available: bool
 
 
+# ---- methods -------------------------------------------------------------------------------------
+class MethodPublic(BaseModel):
+    name: str
+    family: str = Field(description="the backbone family it runs on: open_clip or timm")
+    description: str
+    capabilities: dict[str, bool] = Field(
+        description="zero_shot: classifies arbitrary class names; init_from: can start from another model"
+    )
+    config_schema: dict[str, Any] = Field(description="JSON Schema of the job's config for this method")
+
+
 # ---- jobs ----------------------------------------------------------------------------------------
 class JobCreate(BaseModel):
     """``config`` is validated per method by app.core.job_plan (unknown fields -> invalid_config)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    method: Literal["spt", "rpp"]
+    method: str = Field(min_length=1, max_length=50, description="a registered method (GET /v1/methods)")
     backbone: str = Field(min_length=1, max_length=200)
     dataset_id: str = Field(min_length=1, max_length=36)
     config: dict[str, Any] = Field(default_factory=dict)

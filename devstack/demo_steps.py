@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from app.core.status import TERMINAL_STATUSES, JobStatus
 from devstack.backbones import DEMO_ZOO_CLIP, DEMO_ZOO_VIT
 
 # On the zoo's MAE ViT (demo profile): deep prompts from a prototype init (SPT's "random": prompts start
@@ -29,7 +30,6 @@ DEMO_SPT_CONFIG = {
 # Zero-shot colour naming with the zoo's CLIP: colour is what the tiny CLIP learns first (docs/zoo.md).
 COLOUR_TEST_SEED = 7  # a world seed no zoo pretraining stream uses for these images
 COLOUR_IMAGES = 128  # 16 per colour, sent 64 per request (the default PROMPTUNE_MAX_PREDICT_IMAGES)
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 def say(text: str) -> None:
@@ -60,7 +60,7 @@ def spt_on_digits(client: Any, archive: Path) -> dict[str, Any]:
     job = _ok(client.post("/v1/jobs", json=body))
     say(f"started SPT job {job['id']} (deep prompts, prototype init) on {DEMO_ZOO_VIT}")
     job = follow_job(client, job["id"])
-    if job["status"] != "succeeded":
+    if job["status"] != JobStatus.SUCCEEDED:
         raise RuntimeError(f"job {job['status']}: {job['error']}")
     metrics = job["metrics"]
     say(
@@ -157,7 +157,7 @@ def follow_job(client: Any, job_id: str, *, timeout: float = 900.0, echo: bool =
             if echo:
                 say(f"  [{event['type']}] {_describe(event)}")
         job = _ok(client.get(f"/v1/jobs/{job_id}"))
-        if job["status"] in TERMINAL:
+        if job["status"] in TERMINAL_STATUSES:
             return dict(job)
         if time.monotonic() > deadline:
             raise TimeoutError(f"job {job_id} still {job['status']} after {timeout:.0f} s")

@@ -6,7 +6,7 @@ from __future__ import annotations
 def classify_error(exc: BaseException) -> tuple[str, str, bool]:
     """``(code, message, retryable)`` for an exception raised while running a job."""
     from app.core.job_plan import JobConfigError
-    from models.errors import PromptuneError
+    from models import PromptuneError
 
     if isinstance(exc, PromptuneError):
         return exc.code, str(exc), False

@@ -7,30 +7,63 @@ costs one failed claim.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Callable
 
 from app.core.settings import Settings
-from worker.state import JobStore, ReapResult
+from app.core.status import JobStatus
+from worker.state import LOST_MESSAGE, JobStore
 
 log = logging.getLogger(__name__)
 
 _thread: ReaperThread | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ReapResult:
+    requeued: list[str]  # jobs to send to the broker again
+    failed: list[str]  # running jobs whose last attempt died: failed worker_lost
+    cancelled: list[str]  # jobs whose worker died after the user asked to cancel
+
+
+def find_abandoned(store: JobStore, *, queued_after_seconds: float, limit: int = 500) -> ReapResult:
+    """Find jobs nobody is working on, and move each on (every transition a compare-and-set).
+
+    - queued and untouched for ``queued_after_seconds``: the message may be lost (Redis restarted
+      without persistence, enqueue failed): send it again. ``updated_at`` is bumped first so that
+      several reapers send one message per period, not one each.
+    - running with an expired lease: its worker died. Back to queued and re-sent, or failed
+      (worker_lost) when no attempt is left, or cancelled when the user had asked for that.
+    Duplicate messages are harmless: a claim on a job that is already running exits at once.
+    """
+    queued, expired = store.abandoned(queued_after_seconds=queued_after_seconds, limit=limit)
+    out = ReapResult([], [], [])
+    out.requeued.extend(job_id for job_id, updated_at in queued if store.touch_queued(job_id, updated_at))
+    for job_id, attempts, max_attempts, cancel in expired:
+        if cancel:
+            if store.end_abandoned(job_id, JobStatus.CANCELLED, "cancelled_by_user", "cancelled by the user"):
+                out.cancelled.append(job_id)
+        elif attempts >= max_attempts:
+            message = LOST_MESSAGE.format(attempts=attempts)
+            if store.end_abandoned(job_id, JobStatus.FAILED, "worker_lost", message):
+                out.failed.append(job_id)
+        elif store.requeue_expired(job_id, attempts, max_attempts):
+            out.requeued.append(job_id)
+    return out
+
+
 SWEEP_INTERVAL_SECONDS = 3600.0  # the storage sweep walks the whole tree: hourly is plenty
 
 
 def reap_once(
-    settings: Settings, *, enqueue: Callable[[str], None] | None = None, store: JobStore | None = None
+    settings: Settings, *, enqueue: Callable[[str], None], store: JobStore | None = None
 ) -> ReapResult:
-    """One pass: re-queue stale and orphaned jobs, fail those without attempts left."""
-    if enqueue is None:
-        from worker.celery_app import enqueue_job
-
-        enqueue = enqueue_job
+    """One pass: re-queue stale and orphaned jobs (through ``enqueue``), fail those without attempts left."""
     store = store or JobStore(settings.resolved_database_url)
-    result = store.reap(queued_after_seconds=settings.queued_redeliver_after_seconds)
+    result = find_abandoned(store, queued_after_seconds=settings.queued_redeliver_after_seconds)
     _clear_finished(settings, [*result.failed, *result.cancelled])
     for job_id in result.requeued:
         try:
@@ -63,16 +96,17 @@ def _clear_finished(settings: Settings, job_ids: list[str]) -> None:
 
 
 class ReaperThread(threading.Thread):
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, enqueue: Callable[[str], None]) -> None:
         super().__init__(name="promptune-reaper", daemon=True)
         self.settings = settings
+        self.enqueue = enqueue
         self.stopped = threading.Event()
 
     def run(self) -> None:
         next_sweep = 0.0
         while not self.stopped.is_set():
             try:
-                reap_once(self.settings)
+                reap_once(self.settings, enqueue=self.enqueue)
             except Exception:  # noqa: BLE001 - the database may be restarting; keep the thread alive
                 log.exception("reaper pass failed")
             if time.monotonic() >= next_sweep:
@@ -97,10 +131,10 @@ def sweep_storage(settings: Settings) -> int:
     return removed
 
 
-def start_reaper_thread(settings: Settings) -> ReaperThread:
+def start_reaper_thread(settings: Settings, *, enqueue: Callable[[str], None]) -> ReaperThread:
     global _thread
     if _thread is None or not _thread.is_alive():
-        _thread = ReaperThread(settings)
+        _thread = ReaperThread(settings, enqueue)
         _thread.start()
     return _thread
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.core.settings import Settings, get_settings
+from app.core.status import JobStatus
 from app.core.storage import Storage, make_storage, model_key
 from worker import shutdown
 from worker.errors import classify_error
@@ -42,8 +43,7 @@ from worker.state import JobSpec, JobStore, Lease
 from worker.sync import ResumeSync
 
 if TYPE_CHECKING:
-    from models import TrainConfig
-    from models.base import PromptMethod
+    from models import PromptMethod, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class JobRun:
         self.sync = ResumeSync(storage, spec.id)
 
     def _phase(self, phase: str, message: str, data: dict[str, Any] | None = None) -> None:
-        from models.errors import TrainingCancelled, TrainingPaused
+        from models import TrainingCancelled, TrainingPaused
 
         if self.keeper.lost.is_set() or not self.store.set_phase(self.lease, phase, message, data):
             self.keeper.lost.set()
@@ -117,7 +117,7 @@ class JobRun:
 
     def saved_step(self) -> int | None:
         """The step of the local resume state (None when there is none)."""
-        from models.engine import read_state
+        from models import read_state
 
         state = read_state(self.work_dir) if self.work_dir.is_dir() else None
         return None if state is None else state.step
@@ -170,8 +170,7 @@ class JobRun:
     # ---- pieces ----
     def _trainer(self, method: PromptMethod, train_config: TrainConfig, data: LoadedData) -> Any:
         """A Trainer on this attempt's folder, primed with the stored resume state when there is one."""
-        from models import Trainer
-        from models.engine import read_state
+        from models import Trainer, read_state
 
         shutil.rmtree(self.work_dir, ignore_errors=True)
         state = read_state(self.work_dir) if self.sync.pull(self.work_dir) else None
@@ -215,8 +214,8 @@ class JobRun:
         )
 
     def _load_data(self, backbone: Any, *, val_fraction: float, shots: int | None) -> LoadedData:
+        from models import DataError
         from models import data as mdata
-        from models.errors import DataError
 
         if self.spec.dataset_id is None:
             raise DataError("the job's dataset was deleted")
@@ -257,9 +256,7 @@ class JobRun:
         """Start from an earlier RPP checkpoint's learned prompts (downstream tuning)."""
         from safetensors.torch import load_file
 
-        from models import read_checkpoint_metadata
-        from models.backbones.weights import verify_sha256
-        from models.errors import ConfigError
+        from models import ConfigError, read_checkpoint_metadata, verify_sha256
 
         row = self.store.tuned_model(tenant_id=self.spec.tenant_id, model_id=model_id)
         if row is None:
@@ -342,7 +339,7 @@ def run_job(
         storage = storage or make_storage(settings.storage_url, settings.data_dir)
         job = JobRun(settings, store, storage, lease, keeper, spec)
         job.run()
-        return RunOutcome(job_id, "succeeded")
+        return RunOutcome(job_id, JobStatus.SUCCEEDED)
     except LeaseLost:
         return RunOutcome(job_id, "lost")
     except BaseException as exc:
@@ -369,14 +366,14 @@ def _end_attempt(
     exc: BaseException,
     job: JobRun | None,
 ) -> RunOutcome:
-    from models.errors import TrainingCancelled, TrainingPaused
+    from models import TrainingCancelled, TrainingPaused
 
     keeper.stop()
     if keeper.lost.is_set():
         return RunOutcome(spec.id, "lost")
     if isinstance(exc, TrainingCancelled):
-        store.finish(lease, "cancelled", "cancelled_by_user", "cancelled by the user")
-        return RunOutcome(spec.id, "cancelled", "cancelled_by_user")
+        store.finish(lease, JobStatus.CANCELLED, "cancelled_by_user", "cancelled by the user")
+        return RunOutcome(spec.id, JobStatus.CANCELLED, "cancelled_by_user")
     if isinstance(exc, TrainingPaused):  # SIGTERM: the state is stored; another worker continues
         step = job.saved_step() if job is not None else None
         where = f"at step {step}" if step is not None else "before training"
@@ -396,5 +393,5 @@ def _end_attempt(
     if retryable and lease.attempt < spec.max_attempts:
         store.release(lease, code, message)
         return RunOutcome(spec.id, "released", code, retry_in=RETRY_DELAY_SECONDS * lease.attempt)
-    store.finish(lease, "failed", code, message)
-    return RunOutcome(spec.id, "failed", code)
+    store.finish(lease, JobStatus.FAILED, code, message)
+    return RunOutcome(spec.id, JobStatus.FAILED, code)

@@ -14,10 +14,9 @@ contending writer waits on ``busy_timeout`` instead of failing with "database is
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import and_, func, or_, select, update
@@ -26,61 +25,20 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from app.core.db.session import session_factory, transaction
 from app.core.db.tables import Dataset, Job, JobEvent, TunedModel, new_id, utcnow
+from app.core.status import TERMINAL_STATUSES, JobStatus
+from worker.job_types import ClaimResult, JobSpec, Lease
 
-TERMINAL = ("succeeded", "failed", "cancelled")
-ClaimOutcome = Literal["claimed", "busy", "finished", "missing", "exhausted", "cancelled"]
-
-
-def as_utc(value: datetime | None) -> datetime | None:
-    """SQLite returns naive datetimes; everything we write is UTC."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
+__all__ = ["ClaimResult", "JobSpec", "JobStore", "Lease"]
+LOST_MESSAGE = "gave up after {attempts} attempt(s): the worker running the job was lost"
 
 
-@dataclasses.dataclass(frozen=True)
-class Lease:
-    """Proof that this worker holds a job: the lease owner string and the attempt number."""
-
-    job_id: str
-    owner: str
-    attempt: int
-
-
-@dataclasses.dataclass(frozen=True)
-class ClaimResult:
-    outcome: ClaimOutcome
-    lease: Lease | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class JobSpec:
-    """What a worker needs to run a job (a read-only snapshot)."""
-
-    id: str
-    tenant_id: str
-    method: str
-    backbone: str
-    dataset_id: str | None
-    config: dict[str, Any]
-    seed: int
-    attempts: int
-    max_attempts: int
-
-
-@dataclasses.dataclass(frozen=True)
-class ReapResult:
-    requeued: list[str]  # jobs to send to the broker again
-    failed: list[str]  # running jobs whose last attempt died: failed worker_lost
-    cancelled: list[str]  # jobs whose worker died after the user asked to cancel
+def _lease_expired(now: datetime) -> ColumnElement[bool]:
+    return or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now)
 
 
 def _claimable(now: datetime) -> ColumnElement[bool]:
     """Queued, or running under a lease that has expired."""
-    return or_(
-        Job.status == "queued",
-        and_(Job.status == "running", or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now)),
-    )
+    return or_(Job.status == JobStatus.QUEUED, and_(Job.status == JobStatus.RUNNING, _lease_expired(now)))
 
 
 class JobStore:
@@ -115,7 +73,7 @@ class JobStore:
                     Job.cancel_requested.is_(False),
                 )
                 .values(
-                    status="running",
+                    status=JobStatus.RUNNING,
                     lease_owner=owner,
                     lease_expires_at=now + timedelta(seconds=lease_seconds),
                     attempts=Job.attempts + 1,
@@ -130,7 +88,7 @@ class JobStore:
             )
             attempt = result.scalar_one_or_none()
             if attempt is not None:
-                data = {"status": "running", "attempt": attempt}
+                data = {"status": JobStatus.RUNNING, "attempt": attempt}
                 s.add(_event(job_id, "status", f"running (attempt {attempt})", data, now))
                 return ClaimResult("claimed", Lease(job_id, owner, int(attempt)))
         return self._classify_unclaimable(job_id, now)
@@ -146,19 +104,21 @@ class JobStore:
                 job.attempts,
                 job.max_attempts,
             )
-            expires, last_code = as_utc(job.lease_expires_at), job.error_code
-        if status in TERMINAL:
+            expires, last_code = job.lease_expires_at, job.error_code
+        if status in TERMINAL_STATUSES:
             return ClaimResult("finished")
-        if status == "running" and expires is not None and expires >= now:
+        if status == JobStatus.RUNNING and expires is not None and expires >= now:
             return ClaimResult("busy")
         if cancel:
-            if self._finish_unowned(job_id, now, "cancelled", "cancelled_by_user", "cancelled by the user"):
+            if self._finish_unowned(
+                job_id, now, JobStatus.CANCELLED, "cancelled_by_user", "cancelled by the user"
+            ):
                 return ClaimResult("cancelled")
             return ClaimResult("busy")
         if attempts >= max_attempts:
             code = last_code or "worker_lost"
-            message = f"gave up after {attempts} attempt(s): the worker running the job was lost"
-            if self._finish_unowned(job_id, now, "failed", code, message):
+            message = LOST_MESSAGE.format(attempts=attempts)
+            if self._finish_unowned(job_id, now, JobStatus.FAILED, code, message):
                 return ClaimResult("exhausted")
         return ClaimResult("busy")  # someone else changed it between our two statements
 
@@ -189,7 +149,7 @@ class JobStore:
                     f"{status}: {message}",
                     {"status": status, "code": code},
                     now,
-                    level="error" if status == "failed" else "info",
+                    level="error" if status == JobStatus.FAILED else "info",
                 )
             )
             return True
@@ -205,7 +165,9 @@ class JobStore:
         with self._tx() as s:
             result = s.execute(
                 update(Job)
-                .where(Job.id == lease.job_id, Job.lease_owner == lease.owner, Job.status == "running")
+                .where(
+                    Job.id == lease.job_id, Job.lease_owner == lease.owner, Job.status == JobStatus.RUNNING
+                )
                 .values(**values)
                 .execution_options(synchronize_session=False)
             )
@@ -218,7 +180,7 @@ class JobStore:
     def set_phase(
         self, lease: Lease, phase: str, message: str = "", data: dict[str, Any] | None = None
     ) -> bool:
-        data = {"status": "running", "phase": phase, **(data or {})}
+        data = {"status": JobStatus.RUNNING, "phase": phase, **(data or {})}
         return self._update_owned(
             lease, _event(lease.job_id, "status", message or phase, data, self.now()), phase=phase
         )
@@ -258,9 +220,11 @@ class JobStore:
         with self._tx() as s:
             result = s.execute(
                 update(Job)
-                .where(Job.id == lease.job_id, Job.lease_owner == lease.owner, Job.status == "running")
+                .where(
+                    Job.id == lease.job_id, Job.lease_owner == lease.owner, Job.status == JobStatus.RUNNING
+                )
                 .values(
-                    status="succeeded",
+                    status=JobStatus.SUCCEEDED,
                     phase=None,
                     progress=1.0,
                     metrics=dict(metrics),
@@ -280,16 +244,18 @@ class JobStore:
                 _event(
                     lease.job_id,
                     "status",
-                    "succeeded",
-                    {"status": "succeeded", "model_id": model_id, "metrics": metrics},
+                    JobStatus.SUCCEEDED,
+                    {"status": JobStatus.SUCCEEDED, "model_id": model_id, "metrics": metrics},
                     now,
                 )
             )
             return True
 
-    def finish(self, lease: Lease, status: Literal["failed", "cancelled"], code: str, message: str) -> bool:
+    def finish(
+        self, lease: Lease, status: Literal[JobStatus.FAILED, JobStatus.CANCELLED], code: str, message: str
+    ) -> bool:
         now = self.now()
-        level = "error" if status == "failed" else "info"
+        level = "error" if status == JobStatus.FAILED else "info"
         event = _event(
             lease.job_id, "status", f"{status}: {message}", {"status": status, "code": code}, now, level=level
         )
@@ -311,14 +277,14 @@ class JobStore:
             lease.job_id,
             "status",
             f"attempt {lease.attempt} failed ({code}): {message}; re-queued",
-            {"status": "queued", "code": code},
+            {"status": JobStatus.QUEUED, "code": code},
             self.now(),
             level="warn",
         )
         return self._update_owned(
             lease,
             event,
-            status="queued",
+            status=JobStatus.QUEUED,
             error_code=code,
             error_message=message[:4000],
             phase=None,
@@ -328,80 +294,65 @@ class JobStore:
 
     def hand_back(self, lease: Lease, message: str, data: dict[str, Any] | None = None) -> bool:
         """Re-queue the job because this worker is shutting down; the attempt does not count."""
-        data = {"status": "queued", "code": "worker_shutdown", **(data or {})}
+        data = {"status": JobStatus.QUEUED, "code": "worker_shutdown", **(data or {})}
         event = _event(lease.job_id, "status", message, data, self.now())
-        values = {"status": "queued", "attempts": Job.attempts - 1, "phase": None}
+        values = {"status": JobStatus.QUEUED, "attempts": Job.attempts - 1, "phase": None}
         return self._update_owned(lease, event, **values, lease_owner=None, lease_expires_at=None)
 
-    # ---- reaper -------------------------------------------------------------------------------------
-    def reap(self, *, queued_after_seconds: float, limit: int = 500) -> ReapResult:
-        """Find jobs nobody is working on.
-
-        - queued and untouched for ``queued_after_seconds``: the message may be lost (Redis restarted
-          without persistence, enqueue failed): send it again. ``updated_at`` is bumped first as a
-          compare-and-set so that several reapers send one message per period, not one each.
-        - running with an expired lease: its worker died. Back to queued and re-sent, or failed
-          (worker_lost) when no attempt is left, or cancelled when the user had asked for that.
-        Duplicate messages are harmless: a claim on a job that is already running exits at once.
-        """
+    # ---- the reaper's transitions (worker/reaper.py decides when) ---------------------------------
+    def abandoned(self, *, queued_after_seconds: float, limit: int = 500) -> tuple[list[Any], list[Any]]:
+        """Queued jobs untouched for ``queued_after_seconds`` ``(id, updated_at)``, and running jobs whose
+        lease expired ``(id, attempts, max_attempts, cancel_requested)``."""
         now = self.now()
         stale = now - timedelta(seconds=queued_after_seconds)
         with self._tx() as s:
             queued = s.execute(
                 select(Job.id, Job.updated_at)
-                .where(Job.status == "queued", Job.updated_at < stale)
+                .where(Job.status == JobStatus.QUEUED, Job.updated_at < stale)
                 .limit(limit)
             ).all()
             expired = s.execute(
                 select(Job.id, Job.attempts, Job.max_attempts, Job.cancel_requested)
-                .where(
-                    Job.status == "running", or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now)
-                )
+                .where(Job.status == JobStatus.RUNNING, _lease_expired(now))
                 .limit(limit)
             ).all()
-        out = ReapResult([], [], [])
-        for job_id, updated_at in queued:
-            with self._tx() as s:
-                result = s.execute(
-                    update(Job)
-                    .where(Job.id == job_id, Job.status == "queued", Job.updated_at == updated_at)
-                    .values(updated_at=now)
-                    .execution_options(synchronize_session=False)
-                )
-                if result.rowcount == 1:  # type: ignore[attr-defined]
-                    out.requeued.append(job_id)
-        for job_id, attempts, max_attempts, cancel in expired:
-            if cancel:
-                if self._finish_unowned(
-                    job_id, now, "cancelled", "cancelled_by_user", "cancelled by the user"
-                ):
-                    out.cancelled.append(job_id)
-            elif attempts >= max_attempts:
-                message = f"gave up after {attempts} attempt(s): the worker running the job was lost"
-                if self._finish_unowned(job_id, now, "failed", "worker_lost", message):
-                    out.failed.append(job_id)
-            elif self._requeue_expired(job_id, now, attempts, max_attempts):
-                out.requeued.append(job_id)
-        return out
+        return list(queued), list(expired)
 
-    def _requeue_expired(self, job_id: str, now: datetime, attempts: int, max_attempts: int) -> bool:
+    def touch_queued(self, job_id: str, updated_at: datetime) -> bool:
+        """Bump a stale queued job's ``updated_at`` (compare-and-set): True for the one reaper that wins."""
         with self._tx() as s:
             result = s.execute(
                 update(Job)
-                .where(
-                    Job.id == job_id,
-                    Job.status == "running",
-                    or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now),
+                .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.updated_at == updated_at)
+                .values(updated_at=self.now())
+                .execution_options(synchronize_session=False)
+            )
+            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def end_abandoned(self, job_id: str, status: JobStatus, code: str, message: str) -> bool:
+        """Terminal transition of a job whose worker is gone (compare-and-set on its claimable state)."""
+        return self._finish_unowned(job_id, self.now(), status, code, message)
+
+    def requeue_expired(self, job_id: str, attempts: int, max_attempts: int) -> bool:
+        now = self.now()
+        with self._tx() as s:
+            result = s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == JobStatus.RUNNING, _lease_expired(now))
+                .values(
+                    status=JobStatus.QUEUED,
+                    phase=None,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    updated_at=now,
                 )
-                .values(status="queued", phase=None, lease_owner=None, lease_expires_at=None, updated_at=now)
                 .execution_options(synchronize_session=False)
             )
             if result.rowcount != 1:  # type: ignore[attr-defined]
                 return False
             text = f"worker lost (lease expired) during attempt {attempts} of {max_attempts}; re-queued"
-            s.add(
-                _event(job_id, "status", text, {"status": "queued", "code": "worker_lost"}, now, level="warn")
-            )
+            data = {"status": JobStatus.QUEUED, "code": "worker_lost"}
+            s.add(_event(job_id, "status", text, data, now, level="warn"))
             return True
 
     # ---- reads the runner needs --------------------------------------------------------------------

@@ -39,7 +39,7 @@ class ResumeSync:
         return bool(names)
 
     def push(self, work_dir: Path) -> None:
-        from models.engine import state_files
+        from models import state_files
 
         files = state_files(work_dir)
         files.sort(key=lambda p: (p.suffix == ".json", p.name == "state.json"))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from app.core.queue import RUN_JOB_TASK, enqueue_job
 from worker import shutdown
-from worker.celery_app import RUN_JOB_TASK, app, enqueue_job
+from worker.celery_app import app
 from worker.runner import run_job as run_job_once
 
 log = logging.getLogger(__name__)

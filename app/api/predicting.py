@@ -15,9 +15,10 @@ from app.core.backbones import BackboneRegistry
 from app.core.db import repo
 from app.core.db.tables import TunedModel
 from app.core.settings import Settings
+from app.core.status import ACTIVE_STATUSES
 from app.core.storage import Storage, StorageError
 from app.ingest.images import ImageRejected, decode_image
-from models.backbones.spec import BackboneSpec
+from models import BackboneSpec
 
 log = logging.getLogger("promptune.api")
 CHECKPOINT_ERROR_CODES = ("checksum_mismatch", "invalid_checkpoint")
@@ -39,7 +40,7 @@ def read_images(form: MultipartForm, settings: Settings) -> list[Image.Image]:
             images.append(decode_image(upload.path.read_bytes(), max_pixels=settings.max_image_pixels))
         except ImageRejected as exc:
             raise ApiError(
-                422, exc.reason, f"images[{index}] ({upload.filename}): {exc.message}", param="images"
+                422, exc.code, f"images[{index}] ({upload.filename}): {exc.message}", param="images"
             ) from None
     return images
 
@@ -66,7 +67,7 @@ def ready_model(
     row = repo.get_model(session=session, tenant_id=tenant_id, model_id=model_id)
     if row is None:
         job = repo.get_job(session=session, tenant_id=tenant_id, job_id=model_id)
-        if job is not None and job.status in ("queued", "running"):
+        if job is not None and job.status in ACTIVE_STATUSES:
             raise ApiError(
                 409, "model_not_ready", f"job {model_id} has not produced a model yet", param=param
             )
@@ -97,7 +98,7 @@ def library_error(exc: Exception, *, model_id: str | None = None) -> ApiError:
     A refused checkpoint (sha256 mismatch, torn or malformed file) of ``model_id`` is also logged as an
     error naming the model, so that operators see tampering or storage corruption.
     """
-    from models.errors import WeightsNotFoundError
+    from models import WeightsNotFoundError
 
     code = getattr(exc, "code", "internal")
     message = getattr(exc, "message", str(exc))
@@ -110,9 +111,7 @@ def library_error(exc: Exception, *, model_id: str | None = None) -> ApiError:
 
 def verify_stored_checkpoint(row: TunedModel, path: Path) -> None:
     """409 ``checksum_mismatch`` / ``invalid_checkpoint`` unless the stored file is the one recorded."""
-    from models import read_checkpoint_metadata
-    from models.backbones.weights import verify_sha256
-    from models.errors import PromptuneError
+    from models import PromptuneError, read_checkpoint_metadata, verify_sha256
 
     try:
         verify_sha256(path, row.checkpoint_sha256)

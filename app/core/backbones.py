@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.backbones.spec import BackboneSpec
-from models.errors import ConfigError
+from models import BackboneSpec, ConfigError
 
 _WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 

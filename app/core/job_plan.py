@@ -1,98 +1,137 @@
-"""The ONE place where an API job config becomes the models library's configs.
+"""The ONE place where a job request becomes the models library's configs.
 
-The API's ``config`` object is flat (the REST contract): common training fields, data fields, and the
-method's own fields. Unknown fields are refused by name. The values are then validated by ``models``
-(``ConfigError`` names the offending field; it is reported as ``config.<field>``). The worker calls
-:func:`build_plan` again on the stored config, so API and worker can never disagree on its meaning.
+A job's ``config`` object is flat (the REST contract): the training recipe (``models.TrainConfig``'s
+fields but ``seed``, which the job carries, and the runtime fields the server decides), how the dataset is
+used (``val_fraction``, ``shots``), the method's own config fields and shorthands, and ``init_from`` for
+methods that can start from another model. Which fields a method has, their limits and the method's
+capabilities all come from its registration in ``models`` (the registry); nothing here names a method.
+The API validates a request with :func:`build_plan`; the worker calls it again on the stored config, so
+the two can never disagree on its meaning.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from models.backbones.spec import BackboneSpec
-from models.errors import ConfigError
+from app.core.errors import ServiceError
+from models import BackboneSpec, ConfigError, MethodEntry, TrainConfig, config_schema, get_method
 
-METHOD_FAMILY = {"spt": "timm", "rpp": "open_clip"}
-# TrainConfig fields a client may set (seed comes from the job; checkpointing and workers are the server's).
-TRAIN_FIELDS = frozenset(
-    {
-        "epochs",
-        "batch_size",
-        "lr",
-        "optimizer",
-        "momentum",
-        "weight_decay",
-        "head_weight_decay",
-        "warmup_epochs",
-        "min_lr",
-        "grad_clip",
-        "eval_batch_size",
-    }
-)
-# How the dataset is used: a validation carve-out when the dataset has no val split, and k-shot sampling.
-DATA_FIELDS = frozenset({"val_fraction", "shots"})
-METHOD_FIELDS = {
-    "spt": frozenset({"mode", "num_prompts", "init"}),
-    "rpp": frozenset(
-        {
-            "design",
-            "n_ctx",
-            "depth",
-            "num_sampled_classes",
-            "kd_weight",
-            "kd_temperature",
-            "teacher",
-            "init_from",
-        }
-    ),
+JOB_SET_TRAIN_FIELDS = frozenset({"seed"})  # a job-level field, not part of config
+INIT_FROM = "init_from"
+BACKBONE_FAMILY = "backbone_family"  # field metadata: the value names a registered backbone
+DATA_FIELDS: dict[str, dict[str, Any]] = {
+    "val_fraction": {
+        "type": "number",
+        "minimum": 0,
+        "exclusiveMaximum": 1,
+        "default": 0.1,
+        "description": "share of the training images held out for validation when the dataset has no val split",
+    },
+    "shots": {
+        "type": ["integer", "null"],
+        "minimum": 1,
+        "default": None,
+        "description": "train on at most this many images per class (k-shot); null = all",
+    },
 }
-DEFAULT_VAL_FRACTION = 0.1
 
 
-class JobConfigError(Exception):
-    def __init__(self, code: str, message: str, param: str | None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.param = param
+class JobConfigError(ServiceError):
+    """A job request that cannot run: ``invalid_config``, ``unknown_backbone``, ``invalid_backbone``, ..."""
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class JobPlan:
     method: str
     backbone: BackboneSpec
     method_config: Any  # the method's MethodConfig
-    train_config: Any  # models.TrainConfig
+    train_config: TrainConfig
     val_fraction: float
     shots: int | None
-    init_from: str | None  # RPP: id of the tuned model whose prompts initialise this one
+    init_from: str | None  # the id of the model whose learned tensors start this one
 
 
 def _invalid(field: str, message: str) -> JobConfigError:
     return JobConfigError("invalid_config", f"config.{field}: {message}", f"config.{field}")
 
 
-def resolve_backbone(method: str, name: str, specs: Mapping[str, BackboneSpec]) -> BackboneSpec:
-    """The registry spec for ``name``; unknown_backbone / invalid_backbone when it does not fit ``method``."""
+def train_fields() -> frozenset[str]:
+    """The TrainConfig fields a job may set (the recipe; not seed nor the runtime fields)."""
+    return frozenset(config_schema(TrainConfig)["properties"]) - JOB_SET_TRAIN_FIELDS
+
+
+def _backbone_refs(entry: MethodEntry) -> dict[str, str]:
+    """Method config fields whose value is a backbone: field -> the backbone family it must have."""
+    return {
+        f.name: f.metadata[BACKBONE_FAMILY]
+        for f in dataclasses.fields(entry.config_cls)
+        if BACKBONE_FAMILY in f.metadata
+    }
+
+
+def method_fields(entry: MethodEntry) -> frozenset[str]:
+    """The method's own request fields: its config's non-runtime fields, its shorthands, init_from."""
+    fields = set(entry.config_schema()["properties"])
+    if entry.can("init_from"):
+        fields.add(INIT_FROM)
+    return frozenset(fields)
+
+
+def check_method_fields(entry: MethodEntry) -> None:
+    """A method whose field names collide with the recipe or data fields cannot be served (start-up check)."""
+    shared = sorted(method_fields(entry) & (train_fields() | set(DATA_FIELDS)))
+    if shared:
+        raise JobConfigError(
+            "invalid_method",
+            f"method {entry.name!r}: config fields {shared} collide with the job's training/data fields",
+            "method",
+        )
+
+
+def job_config_schema(entry: MethodEntry) -> dict[str, Any]:
+    """The JSON Schema of a job's ``config`` for this method (what the API accepts)."""
+    recipe = config_schema(TrainConfig)["properties"]
+    properties = {k: v for k, v in recipe.items() if k not in JOB_SET_TRAIN_FIELDS}
+    properties.update(DATA_FIELDS)
+    properties.update(entry.config_schema()["properties"])
+    for name, family in _backbone_refs(entry).items():
+        properties[name] = {
+            "type": ["string", "null"],
+            "default": None,
+            "description": f"the name of a registered {family} backbone (GET /v1/backbones)",
+        }
+    if entry.can("init_from"):
+        properties[INIT_FROM] = {
+            "type": ["string", "null"],
+            "default": None,
+            "description": f"the id of a {entry.name} model of yours whose learned tensors start this job",
+        }
+    return {"type": "object", "properties": properties, "additionalProperties": False}
+
+
+def resolve_backbone(
+    name: str, specs: Mapping[str, BackboneSpec], *, family: str, user: str = "this"
+) -> BackboneSpec:
+    """The registry spec for ``name``; unknown_backbone / invalid_backbone when it is not a ``family`` one.
+
+    Args:
+        user: who needs the backbone, for the message (e.g. ``method 'rpp'``).
+    """
     spec = specs.get(name)
     if spec is None:
         known = ", ".join(sorted(specs)) or "none registered"
         raise JobConfigError("unknown_backbone", f"unknown backbone {name!r} (known: {known})", "backbone")
-    family = METHOD_FAMILY[method]
     if spec.family != family:
         raise JobConfigError(
-            "invalid_backbone",
-            f"method {method!r} needs a {family} backbone; {name!r} is {spec.family}",
-            "backbone",
+            "invalid_backbone", f"{user} needs a {family} backbone; {name!r} is {spec.family}", "backbone"
         )
     return spec
 
 
 def _data_fields(config: Mapping[str, Any]) -> tuple[float, int | None]:
-    val_fraction = config.get("val_fraction", DEFAULT_VAL_FRACTION)
+    val_fraction = config.get("val_fraction", DATA_FIELDS["val_fraction"]["default"])
     if (
         isinstance(val_fraction, bool)
         or not isinstance(val_fraction, int | float)
@@ -105,63 +144,83 @@ def _data_fields(config: Mapping[str, Any]) -> tuple[float, int | None]:
     return float(val_fraction), shots
 
 
-# RPPConfig field -> the API field it comes from (to name the API field in errors).
-_RPP_API_FIELD = {
-    "text_design": "design",
-    "vision_design": "design",
-    "text_length": "n_ctx",
-    "vision_length": "n_ctx",
-    "text_depth": "depth",
-    "vision_depth": "depth",
-}
+def _resolve_backbone_refs(
+    entry: MethodEntry, values: dict[str, Any], specs: Mapping[str, BackboneSpec]
+) -> dict[str, Any]:
+    """Backbone fields (RPP's ``teacher``) arrive as registered names; the method config takes specs.
 
-
-def _rpp_values(values: dict[str, Any], specs: Mapping[str, BackboneSpec]) -> dict[str, Any]:
-    """API RPP fields -> RPPConfig fields.
-
-    ``design`` qkv|shared prompts both towers with that design; coop is POMP's shallow text context alone.
-    ``n_ctx`` and ``depth`` apply to every prompted tower; ``teacher`` names a registered open_clip backbone.
+    security: only names of the server's registry are accepted, never a spec a client wrote (it could
+    point the worker at any file on the server).
     """
-    out: dict[str, Any] = {}
-    design = values.get("design", "qkv")
-    if design not in ("qkv", "shared", "coop"):
-        raise _invalid("design", f"must be one of 'qkv', 'shared', 'coop', got {design!r}")
-    out["text_design"] = design
-    out["vision_design"] = "none" if design == "coop" else design
-    if "n_ctx" in values:
-        out["text_length"] = values["n_ctx"]
-        if design != "coop":
-            out["vision_length"] = values["n_ctx"]
-    if "depth" in values:
-        out["text_depth"] = values["depth"]
-        if design != "coop":
-            out["vision_depth"] = values["depth"]
-    for name in ("num_sampled_classes", "kd_weight", "kd_temperature"):
-        if name in values:
-            out[name] = values[name]
-    teacher = values.get("teacher")
-    if teacher is not None:
-        if not isinstance(teacher, str):
-            raise _invalid("teacher", "must be the name of a registered open_clip backbone")
-        spec = specs.get(teacher)
+    for field, family in _backbone_refs(entry).items():
+        name = values.get(field)
+        if name is None:
+            continue
+        if not isinstance(name, str):
+            raise _invalid(field, f"must be the name of a registered {family} backbone")
+        spec = specs.get(name)
         if spec is None:
             known = ", ".join(sorted(specs)) or "none registered"
             raise JobConfigError(
-                "unknown_backbone", f"unknown teacher backbone {teacher!r} (known: {known})", "config.teacher"
+                "unknown_backbone", f"unknown {field} backbone {name!r} (known: {known})", f"config.{field}"
             )
-        if spec.family != "open_clip":
-            raise _invalid("teacher", f"{teacher!r} is not an open_clip backbone")
-        out["teacher"] = spec.to_dict()
-    return out
+        if spec.family != family:
+            raise _invalid(field, f"{name!r} is not an {family} backbone")
+        values[field] = spec.to_dict()
+    return values
 
 
-def _api_field(method: str, field: str) -> str:
-    if method == "rpp":
-        root = field.split(".", 1)[0]
-        if root == "teacher":
-            return "teacher"
-        return _RPP_API_FIELD.get(root, field)
-    return field
+def _split(entry: MethodEntry, config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``config`` -> (recipe values, method values); an unknown field is refused by name."""
+    recipe, own = train_fields(), method_fields(entry)
+    allowed = recipe | set(DATA_FIELDS) | own
+    unknown = sorted(set(config) - allowed)
+    if unknown:
+        raise _invalid(
+            unknown[0], f"unknown field for method {entry.name!r} (allowed: {', '.join(sorted(allowed))})"
+        )
+    return (
+        {k: v for k, v in config.items() if k in recipe},
+        {k: v for k, v in config.items() if k in own},
+    )
+
+
+def _check_init_from(
+    entry: MethodEntry, init_from: Any, model_exists: Callable[[str, str], bool] | None
+) -> str | None:
+    if init_from is None:
+        return None
+    if not isinstance(init_from, str) or (
+        model_exists is not None and not model_exists(init_from, entry.name)
+    ):
+        raise JobConfigError(
+            "not_found", f"config.init_from: model {init_from!r} not found", "config.init_from"
+        )
+    return init_from
+
+
+def _train_config(
+    values: dict[str, Any], *, seed: int, max_epochs: int, checkpoint_every_steps: int
+) -> TrainConfig:
+    epochs = values.get("epochs")
+    if isinstance(epochs, int) and not isinstance(epochs, bool) and epochs > max_epochs:
+        raise _invalid("epochs", f"must be <= {max_epochs} on this server")
+    try:
+        return TrainConfig.from_dict(
+            {**values, "seed": seed, "checkpoint_every_steps": checkpoint_every_steps}
+        )
+    except ConfigError as exc:
+        raise _invalid(exc.field, exc.message.split(": ", 1)[-1]) from None
+
+
+def _method_config(entry: MethodEntry, values: dict[str, Any], specs: Mapping[str, BackboneSpec]) -> Any:
+    values = _resolve_backbone_refs(entry, values, specs)
+    try:
+        return entry.config_cls.from_request(values)
+    except ConfigError as exc:
+        root = exc.field.split(".", 1)[0]
+        field = root if root in _backbone_refs(entry) else exc.field
+        raise _invalid(field, exc.message.split(": ", 1)[-1]) from None
 
 
 def build_plan(
@@ -173,48 +232,26 @@ def build_plan(
     specs: Mapping[str, BackboneSpec],
     max_epochs: int,
     checkpoint_every_steps: int,
-    model_exists: Callable[[str], bool] | None = None,
+    model_exists: Callable[[str, str], bool] | None = None,
 ) -> JobPlan:
     """Validate a job request into a :class:`JobPlan`, or raise :class:`JobConfigError`.
 
     Args:
-        model_exists: checks an RPP ``init_from`` model id (tenant-scoped by the caller); None skips it.
+        model_exists: ``(model_id, method) -> bool``, checks ``init_from`` (tenant-scoped by the caller);
+            None skips the check.
     """
-    from models import TrainConfig, method_config
-
-    if method not in METHOD_FIELDS:
-        raise JobConfigError("invalid_request", f"unknown method {method!r}", "method")
-    spec = resolve_backbone(method, backbone, specs)
+    try:
+        entry = get_method(method)
+    except ConfigError as exc:
+        raise JobConfigError("invalid_request", exc.message.split(": ", 1)[-1], "method") from None
+    spec = resolve_backbone(backbone, specs, family=entry.family, user=f"method {method!r}")
     if not isinstance(config, Mapping):
         raise JobConfigError("invalid_config", "config must be an object", "config")
-    allowed = TRAIN_FIELDS | DATA_FIELDS | METHOD_FIELDS[method]
-    unknown = sorted(set(config) - allowed)
-    if unknown:
-        raise _invalid(
-            unknown[0], f"unknown field for method {method!r} (allowed: {', '.join(sorted(allowed))})"
-        )
+    train_values, method_values = _split(entry, config)
     val_fraction, shots = _data_fields(config)
-    train_values = {k: v for k, v in config.items() if k in TRAIN_FIELDS}
-    method_values = {k: v for k, v in config.items() if k in METHOD_FIELDS[method]}
-    epochs = train_values.get("epochs")
-    if isinstance(epochs, int) and not isinstance(epochs, bool) and epochs > max_epochs:
-        raise _invalid("epochs", f"must be <= {max_epochs} on this server")
-    init_from = method_values.pop("init_from", None)
-    if init_from is not None:
-        if not isinstance(init_from, str) or (model_exists is not None and not model_exists(init_from)):
-            raise JobConfigError(
-                "not_found", f"config.init_from: model {init_from!r} not found", "config.init_from"
-            )
-    try:
-        train_config = TrainConfig.from_dict(
-            {**train_values, "seed": seed, "checkpoint_every_steps": checkpoint_every_steps}
-        )
-    except ConfigError as exc:
-        raise _invalid(exc.field, str(exc).split(": ", 1)[-1]) from None
-    values = _rpp_values(method_values, specs) if method == "rpp" else method_values
-    try:
-        mcfg = method_config(method, values)
-    except ConfigError as exc:
-        message = str(exc).split(": ", 1)[-1]
-        raise _invalid(_api_field(method, exc.field), message) from None
-    return JobPlan(method, spec, mcfg, train_config, val_fraction, shots, init_from)
+    init_from = _check_init_from(entry, method_values.pop(INIT_FROM, None), model_exists)
+    train_config = _train_config(
+        train_values, seed=seed, max_epochs=max_epochs, checkpoint_every_steps=checkpoint_every_steps
+    )
+    method_config = _method_config(entry, method_values, specs)
+    return JobPlan(method, spec, method_config, train_config, val_fraction, shots, init_from)

@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     # an fsspec URL (s3://bucket/prefix) in production.
     storage_url: str | None = None
     backbones_file: Path | None = None
+    # Extra prompt-learning methods: comma-separated importable modules that call models.register_method
+    # (installed packages can use the entry point group "promptune.methods" instead).
+    method_modules: str = ""
     default_backbone: str | None = None
 
     # Limits (OWASP API4): uploads, archives, images, inference batches.

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from models.fileio import atomic_path
+from models import atomic_path
 
 _KEY_PART = re.compile(r"^[A-Za-z0-9._-]+$")
 

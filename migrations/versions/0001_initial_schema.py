@@ -19,7 +19,16 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    """Upgrade schema."""
+    """Upgrade schema: each table with its indexes, parents first."""
+    _create_tenants()
+    _create_api_keys()
+    _create_datasets()
+    _create_jobs()
+    _create_job_events()
+    _create_tuned_models()
+
+
+def _create_tenants() -> None:
     op.create_table(
         "tenants",
         sa.Column("id", sa.String(length=36), nullable=False),
@@ -28,6 +37,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("name"),
     )
+
+
+def _create_api_keys() -> None:
     op.create_table(
         "api_keys",
         sa.Column("id", sa.String(length=36), nullable=False),
@@ -44,6 +56,8 @@ def upgrade() -> None:
     with op.batch_alter_table("api_keys", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_api_keys_tenant_id"), ["tenant_id"], unique=False)
 
+
+def _create_datasets() -> None:
     op.create_table(
         "datasets",
         sa.Column("id", sa.String(length=36), nullable=False),
@@ -63,6 +77,8 @@ def upgrade() -> None:
     with op.batch_alter_table("datasets", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_datasets_tenant_id"), ["tenant_id"], unique=False)
 
+
+def _create_jobs() -> None:
     op.create_table(
         "jobs",
         sa.Column("id", sa.String(length=36), nullable=False),
@@ -101,6 +117,8 @@ def upgrade() -> None:
         batch_op.create_index("ix_jobs_status_lease", ["status", "lease_expires_at"], unique=False)
         batch_op.create_index(batch_op.f("ix_jobs_tenant_id"), ["tenant_id"], unique=False)
 
+
+def _create_job_events() -> None:
     op.create_table(
         "job_events",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
@@ -116,6 +134,8 @@ def upgrade() -> None:
     with op.batch_alter_table("job_events", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_job_events_job_id"), ["job_id"], unique=False)
 
+
+def _create_tuned_models() -> None:
     op.create_table(
         "tuned_models",
         sa.Column("id", sa.String(length=36), nullable=False),

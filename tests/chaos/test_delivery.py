@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
+from app.core.queue import JOBS_QUEUE, RUN_JOB_TASK, create_celery_app
 from app.core.settings import Settings
 from tests.chaos.conftest import LEASE_SECONDS, MAX_ATTEMPTS, REAPER_SECONDS, max_abs_diff, runs
 from tests.chaos.stack import ChaosStack, claims, report
-from worker.celery_app import JOBS_QUEUE, RUN_JOB_TASK, create_celery_app
 
 pytestmark = [pytest.mark.chaos, pytest.mark.services]
 

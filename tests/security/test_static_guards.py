@@ -199,7 +199,7 @@ def test_the_only_torch_load_is_weights_only() -> None:
 
 def test_the_configured_celery_app_accepts_json_only(tmp_path: Path) -> None:
     """The runtime configuration, not just the source: every serializer and accepted content is JSON."""
-    from worker.celery_app import create_celery_app
+    from app.core.queue import create_celery_app
 
     settings = Settings(environment="test", data_dir=tmp_path, redis_url="redis://127.0.0.1:9/0")
     conf = create_celery_app(settings).conf

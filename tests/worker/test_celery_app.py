@@ -12,13 +12,14 @@ import redis
 from celery import Celery
 from sqlalchemy import update
 
+import app.core.queue as queue_module
 import worker.celery_app as celery_module
 import worker.tasks  # noqa: F401 - registers the task
 from app.core.db.session import session_scope
 from app.core.db.tables import Job, utcnow
+from app.core.queue import JOBS_QUEUE, RUN_JOB_TASK, create_celery_app, enqueue_job
 from app.core.settings import Settings
 from tests.services import RedisServer
-from worker.celery_app import JOBS_QUEUE, RUN_JOB_TASK, create_celery_app, enqueue_job
 from worker.reaper import reap_once
 
 
@@ -48,7 +49,7 @@ def test_reliability_settings_come_from_settings() -> None:
 @pytest.fixture
 def broker(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
     app: Celery = create_celery_app(Settings(redis_url=redis_server.url))
-    monkeypatch.setattr(celery_module, "app", app)
+    monkeypatch.setattr(queue_module, "_client", app)
     client = redis.Redis.from_url(redis_server.url)
     client.delete(JOBS_QUEUE)
     yield client
@@ -77,7 +78,7 @@ def test_reaper_resends_a_stale_queued_job_to_the_broker(
     make_job()  # fresh: left alone
     with session_scope(db_url) as s:
         s.execute(update(Job).where(Job.id == stale).values(updated_at=utcnow() - timedelta(hours=1)))
-    result = reap_once(Settings(database_url=db_url, queued_redeliver_after_seconds=60))
+    result = reap_once(Settings(database_url=db_url, queued_redeliver_after_seconds=60), enqueue=enqueue_job)
     assert result.requeued == [stale]
     [message] = _messages(broker)
     args, _, _ = json.loads(base64.b64decode(message["body"]))  # type: ignore[arg-type]

@@ -11,7 +11,8 @@ from sqlalchemy import select, update
 from app.core.db.session import session_scope
 from app.core.db.tables import Job, JobEvent, TunedModel, utcnow
 from tests.worker.conftest import job_row
-from worker.state import JobStore, as_utc
+from worker.reaper import find_abandoned
+from worker.state import JobStore
 
 LEASE = 60.0
 
@@ -42,8 +43,9 @@ def test_claim_takes_a_queued_job(db_url: str, make_job: Callable[..., str]) -> 
     assert result.lease.attempt == 1
     job = job_row(db_url, job_id)
     assert (job.status, job.lease_owner, job.attempts) == ("running", "w1", 1)
-    assert as_utc(job.lease_expires_at) == clock.now + timedelta(seconds=LEASE)
-    assert as_utc(job.started_at) == clock.now
+    # UTC-aware as read back, on SQLite too (UTCDateTime)
+    assert job.lease_expires_at == clock.now + timedelta(seconds=LEASE)
+    assert job.started_at == clock.now
     assert [e.data.get("status") for e in events(db_url, job_id)] == ["running"]
 
 
@@ -230,7 +232,7 @@ def test_reaper_requeues_stale_and_orphaned_jobs_once(db_url: str, make_job: Cal
         s.execute(update(Job).where(Job.id == cancelled_orphan).values(cancel_requested=True))
     clock.advance(11)
 
-    result = store.reap(queued_after_seconds=120)
+    result = find_abandoned(store, queued_after_seconds=120)
     assert sorted(result.requeued) == sorted([stale_queued, orphan])
     assert result.failed == [last_chance] and result.cancelled == [cancelled_orphan]
     assert job_row(db_url, orphan).status == "queued" and job_row(db_url, orphan).lease_owner is None
@@ -242,10 +244,10 @@ def test_reaper_requeues_stale_and_orphaned_jobs_once(db_url: str, make_job: Cal
     assert events(db_url, orphan)[-1].data == {"status": "queued", "code": "worker_lost"}
 
     # A second reaper right after finds nothing: one message per job per period, not one per reaper.
-    again = store.reap(queued_after_seconds=120)
+    again = find_abandoned(store, queued_after_seconds=120)
     assert again.requeued == [] and again.failed == [] and again.cancelled == []
     clock.advance(121)
-    assert sorted(store.reap(queued_after_seconds=120).requeued) == sorted(
+    assert sorted(find_abandoned(store, queued_after_seconds=120).requeued) == sorted(
         [stale_queued, fresh_queued, orphan]
     )
 

@@ -18,14 +18,13 @@ from app.api.errors import ApiError, error_responses, not_found
 from app.core.db import repo
 from app.core.db.tables import Job
 from app.core.job_plan import JobConfigError, build_plan
+from app.core.status import TERMINAL_STATUSES, JobStatus
 from app.schemas import (
     MAX_SQL_INTEGER,
-    TERMINAL_STATUSES,
     ErrorResponse,
     JobCreate,
     JobEventPublic,
     JobPublic,
-    JobStatus,
 )
 
 log = logging.getLogger("promptune.api")
@@ -68,7 +67,7 @@ def create_job(
             specs=registry.specs,
             max_epochs=settings.max_epochs,
             checkpoint_every_steps=settings.checkpoint_every_steps,
-            model_exists=lambda model_id: _is_rpp_model(session, tenant.id, model_id),
+            model_exists=lambda model_id, method: _has_model(session, tenant.id, model_id, method),
         )
     except JobConfigError as exc:
         raise ApiError(_CONFIG_STATUS.get(exc.code, 422), exc.code, exc.message, param=exc.param) from None
@@ -129,9 +128,10 @@ def _idempotency_conflict() -> ApiError:
     )
 
 
-def _is_rpp_model(session: Session, tenant_id: str, model_id: str) -> bool:
+def _has_model(session: Session, tenant_id: str, model_id: str, method: str) -> bool:
+    """Whether the tenant has a model ``model_id`` of ``method`` (what ``init_from`` may name)."""
     row = repo.get_model(session=session, tenant_id=tenant_id, model_id=model_id)
-    return row is not None and row.method == "rpp"
+    return row is not None and row.method == method
 
 
 def _enqueue(request: Request, job_id: str) -> None:

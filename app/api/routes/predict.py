@@ -1,26 +1,35 @@
-"""Zero-shot prediction with an open_clip backbone, optionally with an RPP model's learned prompts."""
+"""Zero-shot prediction with an open_clip backbone, optionally with a zero-shot method's learned prompts."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
+from PIL import Image
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import InferenceDep, RegistryDep, SessionDep, SettingsDep, StorageDep, TenantDep
 from app.api.errors import ApiError, error_responses
 from app.api.predicting import as_predictions, library_error, parse_top_k, read_images, ready_model
 from app.api.uploads import MultipartForm, multipart_openapi, read_multipart
+from app.core.backbones import BackboneRegistry
+from app.core.db.tables import TunedModel
 from app.core.job_plan import JobConfigError, resolve_backbone
+from app.core.settings import Settings
+from app.core.storage import Storage
 from app.inference import predict_zero_shot
 from app.schemas import PredictionResponse
-from models.errors import PromptuneError
+from models import BackboneSpec, PromptuneError, method_entries
 
 router = APIRouter(prefix="/v1/predict", tags=["predict"], responses=error_responses(401, 422))
 
 MAX_CLASSES = 1000
+ZERO_SHOT_FAMILY = "open_clip"  # zero-shot classification reads class names through a CLIP text tower
 MAX_TEMPLATES = 64
 MAX_TEXT_CHARS = 200
 
@@ -30,7 +39,10 @@ _DOC = multipart_openapi(
         "classes": {"type": "string", "description": 'JSON list of class names, e.g. ["cat", "dog"]'},
         "templates": {"type": "string", "description": 'JSON list of prompt templates containing "{}"'},
         "backbone": {"type": "string", "description": "an open_clip backbone (default: the server's)"},
-        "model_id": {"type": "string", "description": "an RPP model whose learned prompts to use"},
+        "model_id": {
+            "type": "string",
+            "description": "a model of a zero-shot method (e.g. rpp) whose prompts to use",
+        },
         "top_k": {"type": "integer", "minimum": 1},
     },
     ["images", "classes"],
@@ -63,21 +75,17 @@ def _json_list(form: MultipartForm, name: str, *, required: bool, limit: int) ->
     return [v.strip() for v in value]
 
 
-@router.post(
-    "/zero-shot",
-    response_model=PredictionResponse,
-    openapi_extra=_DOC,
-    responses=error_responses(400, 404, 409, 413, 415, 422, 503),
-)
-async def zero_shot(
-    request: Request,
-    session: SessionDep,
-    tenant: TenantDep,
-    settings: SettingsDep,
-    storage: StorageDep,
-    registry: RegistryDep,
-    inference: InferenceDep,
-) -> dict[str, Any]:
+@dataclass
+class _ZeroShotRequest:
+    classes: list[str]
+    templates: list[str] | None
+    top_k: int
+    backbone: str | None
+    model_id: str | None
+    images: list[Image.Image]
+
+
+async def _read_request(request: Request, settings: Settings) -> _ZeroShotRequest:
     form = await read_multipart(
         request,
         max_bytes=settings.max_upload_bytes,
@@ -93,54 +101,84 @@ async def zero_shot(
         if templates is not None and not all("{}" in t for t in templates):
             raise ApiError(422, "invalid_request", 'every template must contain "{}"', param="templates")
         top_k = min(parse_top_k(form, settings), len(classes))
-        backbone_name = (form.text("backbone") or "").strip() or None
+        backbone = (form.text("backbone") or "").strip() or None
         model_id = (form.text("model_id") or "").strip() or None
         images = await run_in_threadpool(read_images, form, settings)  # decoding is CPU work
     finally:
         form.cleanup()
+    return _ZeroShotRequest(classes, templates, top_k, backbone, model_id, images)
 
-    row = checkpoint = None
-    if model_id is not None:
-        # In the threadpool: a blocking database call on the event loop can deadlock it under load.
-        row, checkpoint = await run_in_threadpool(
-            partial(ready_model, session=session, tenant_id=tenant.id, model_id=model_id, storage=storage)
+
+def _zero_shot_model(
+    body: _ZeroShotRequest, *, session: Session, tenant_id: str, storage: Storage
+) -> tuple[TunedModel, Path]:
+    """The tuned model whose prompts classify (one of a zero-shot method), on the backbone asked for."""
+    assert body.model_id is not None
+    row, checkpoint = ready_model(
+        session=session, tenant_id=tenant_id, model_id=body.model_id, storage=storage
+    )
+    zero_shot_methods = [e.name for e in method_entries() if e.can("zero_shot")]
+    if row.method not in zero_shot_methods:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"model_id must be a model of a zero-shot method ({', '.join(zero_shot_methods)})",
+            param="model_id",
         )
-        if row.method != "rpp":
-            raise ApiError(422, "invalid_request", "model_id must be an RPP model", param="model_id")
-        if backbone_name is not None and backbone_name != row.backbone:
-            raise ApiError(
-                422,
-                "invalid_request",
-                f"model {model_id} runs on backbone {row.backbone!r}",
-                param="backbone",
-            )
-        backbone_name = row.backbone
-    if backbone_name is None:
-        backbone_name = registry.default_for("open_clip", settings.default_backbone)
-        if backbone_name is None:
-            raise ApiError(
-                422,
-                "unknown_backbone",
-                "no open_clip backbone is registered on this server",
-                param="backbone",
-            )
+    if body.backbone is not None and body.backbone != row.backbone:
+        raise ApiError(
+            422, "invalid_request", f"model {row.id} runs on backbone {row.backbone!r}", param="backbone"
+        )
+    return row, checkpoint
+
+
+def _zero_shot_backbone(name: str | None, registry: BackboneRegistry, settings: Settings) -> BackboneSpec:
+    name = name or registry.default_for(ZERO_SHOT_FAMILY, settings.default_backbone)
+    if name is None:
+        raise ApiError(
+            422, "unknown_backbone", "no open_clip backbone is registered on this server", param="backbone"
+        )
     try:
-        spec = resolve_backbone("rpp", backbone_name, registry.specs)
+        return resolve_backbone(name, registry.specs, family=ZERO_SHOT_FAMILY, user="zero-shot prediction")
     except JobConfigError as exc:
         raise ApiError(422, exc.code, exc.message, param="backbone") from None
 
+
+@router.post(
+    "/zero-shot",
+    response_model=PredictionResponse,
+    openapi_extra=_DOC,
+    responses=error_responses(400, 404, 409, 413, 415, 422, 503),
+)
+async def zero_shot(
+    request: Request,
+    session: SessionDep,
+    tenant: TenantDep,
+    settings: SettingsDep,
+    storage: StorageDep,
+    registry: RegistryDep,
+    inference: InferenceDep,
+) -> dict[str, Any]:
+    body = await _read_request(request, settings)
+    row = checkpoint = None
+    if body.model_id is not None:
+        # In the threadpool: a blocking database call on the event loop can deadlock it under load.
+        row, checkpoint = await run_in_threadpool(
+            partial(_zero_shot_model, body, session=session, tenant_id=tenant.id, storage=storage)
+        )
+    spec = _zero_shot_backbone(row.backbone if row is not None else body.backbone, registry, settings)
+
     def run() -> list[dict[str, Any]]:
-        method = None
-        method_key = None
+        method = method_key = None
         if row is not None:
             method = inference.tuned_method(
                 model_id=row.id, sha256=row.checkpoint_sha256, checkpoint_path=str(checkpoint), spec=spec
             )
             method_key = (row.id, row.checkpoint_sha256)
         classifier = inference.zero_shot(
-            spec=spec, classes=classes, templates=templates, method=method, method_key=method_key
+            spec=spec, classes=body.classes, templates=body.templates, method=method, method_key=method_key
         )
-        return predict_zero_shot(classifier, images, top_k)
+        return predict_zero_shot(classifier, body.images, body.top_k)
 
     try:
         return as_predictions(await run_in_threadpool(run))

@@ -23,7 +23,7 @@ from app.api.uploads import multipart_openapi, read_multipart
 from app.core.db import repo
 from app.inference import predict_tuned
 from app.schemas import MAX_SQL_INTEGER, ErrorResponse, PredictionResponse, TunedModelPublic
-from models.errors import PromptuneError
+from models import PromptuneError
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=error_responses(401, 422))
 

@@ -8,7 +8,7 @@ tenant's object is simply "not found" (OWASP API1). Functions flush but do not c
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import func, select, update
@@ -17,9 +17,8 @@ from sqlalchemy.orm import Session
 
 from app.core.db.tables import ApiKey, Dataset, Job, JobEvent, Tenant, TunedModel, utcnow
 from app.core.security import generate_key, parse_prefix, verify_key
+from app.core.status import ACTIVE_STATUSES, JobStatus
 
-ACTIVE = ("queued", "running")
-TERMINAL = ("succeeded", "failed", "cancelled")
 # Writing last_used_at on every request would serialise all readers on SQLite; a minute is precise enough.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
 
@@ -100,18 +99,11 @@ def authenticate(*, session: Session, key: str) -> Tenant | None:
     if row.revoked_at is not None:
         return None
     now = utcnow()
-    last = _aware(row.last_used_at)
+    last = row.last_used_at
     if last is None or now - last > LAST_USED_RESOLUTION:
         row.last_used_at = now
         session.flush()
     return session.get(Tenant, row.tenant_id)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; everything we write is UTC.
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
 
 
 # ---- datasets ------------------------------------------------------------------------------------
@@ -134,7 +126,7 @@ def get_dataset(*, session: Session, tenant_id: str, dataset_id: str) -> Dataset
 
 def dataset_in_use(*, session: Session, tenant_id: str, dataset_id: str) -> bool:
     query = select(func.count(Job.id)).where(
-        Job.tenant_id == tenant_id, Job.dataset_id == dataset_id, Job.status.in_(ACTIVE)
+        Job.tenant_id == tenant_id, Job.dataset_id == dataset_id, Job.status.in_(ACTIVE_STATUSES)
     )
     return bool(session.scalar(query))
 
@@ -144,6 +136,51 @@ def delete_dataset(*, session: Session, tenant_id: str, dataset_id: str) -> None
     if dataset is not None:
         session.delete(dataset)
         session.flush()
+
+
+def get_dataset_by_idempotency_key(*, session: Session, tenant_id: str, key: str) -> Dataset | None:
+    return session.scalar(
+        select(Dataset).where(Dataset.tenant_id == tenant_id, Dataset.idempotency_key == key)
+    )
+
+
+def same_upload(dataset: Dataset, *, name: str, upload_sha256: str | None) -> bool:
+    """Whether ``dataset`` was created from this upload (for Idempotency-Key replays)."""
+    return dataset.name == name and dataset.upload_sha256 == upload_sha256
+
+
+def create_dataset_once(
+    *,
+    session: Session,
+    tenant_id: str,
+    name: str,
+    idempotency_key: str | None,
+    upload_sha256: str | None,
+    **values: Any,
+) -> tuple[Dataset, bool]:
+    """Insert a dataset row and commit; returns (dataset, created).
+
+    Concurrent uploads with one idempotency key race on the unique (tenant_id, idempotency_key) index: the
+    loser rolls back its insert and gets the winner's row (created=False), or :class:`IdempotencyConflict`
+    when the winner stored a different upload. The caller removes the loser's stored files.
+    """
+    dataset = Dataset(
+        tenant_id=tenant_id, name=name, idempotency_key=idempotency_key, upload_sha256=upload_sha256, **values
+    )
+    session.add(dataset)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        if idempotency_key is None:
+            raise
+        existing = get_dataset_by_idempotency_key(session=session, tenant_id=tenant_id, key=idempotency_key)
+        if existing is None:
+            raise
+        if not same_upload(existing, name=name, upload_sha256=upload_sha256):
+            raise IdempotencyConflict(idempotency_key) from None
+        return existing, False
+    return dataset, True
 
 
 # ---- jobs ----------------------------------------------------------------------------------------
@@ -208,7 +245,8 @@ def create_job(
     session.add(job)
     try:
         session.flush()
-        session.add(JobEvent(job_id=job.id, type="status", message="job queued", data={"status": "queued"}))
+        queued = {"status": JobStatus.QUEUED}
+        session.add(JobEvent(job_id=job.id, type="status", message="job queued", data=queued))
         session.commit()
     except IntegrityError:
         session.rollback()
@@ -235,7 +273,7 @@ def list_jobs(
 
 
 def count_active_jobs(*, session: Session, tenant_id: str) -> int:
-    query = select(func.count(Job.id)).where(Job.tenant_id == tenant_id, Job.status.in_(ACTIVE))
+    query = select(func.count(Job.id)).where(Job.tenant_id == tenant_id, Job.status.in_(ACTIVE_STATUSES))
     return int(session.scalar(query) or 0)
 
 
@@ -249,9 +287,9 @@ def cancel_job(*, session: Session, tenant_id: str, job_id: str) -> Job | None:
     owned = (Job.id == job_id, Job.tenant_id == tenant_id)
     result = session.execute(
         update(Job)
-        .where(*owned, Job.status == "queued")
+        .where(*owned, Job.status == JobStatus.QUEUED)
         .values(
-            status="cancelled",
+            status=JobStatus.CANCELLED,
             cancel_requested=True,
             finished_at=now,
             updated_at=now,
@@ -262,11 +300,15 @@ def cancel_job(*, session: Session, tenant_id: str, job_id: str) -> Job | None:
     changed = bool(result.rowcount)  # type: ignore[attr-defined]
     if changed:
         session.add(
-            JobEvent(job_id=job_id, type="status", message="job cancelled", data={"status": "cancelled"})
+            JobEvent(
+                job_id=job_id, type="status", message="job cancelled", data={"status": JobStatus.CANCELLED}
+            )
         )
     else:
         result = session.execute(
-            update(Job).where(*owned, Job.status == "running").values(cancel_requested=True, updated_at=now)
+            update(Job)
+            .where(*owned, Job.status == JobStatus.RUNNING)
+            .values(cancel_requested=True, updated_at=now)
         )
         changed = bool(result.rowcount)  # type: ignore[attr-defined]
         if changed:
@@ -338,7 +380,7 @@ def create_model(*, session: Session, tenant_id: str, **values: Any) -> TunedMod
 def model_in_use(*, session: Session, tenant_id: str, model_id: str) -> bool:
     """Whether a queued or running job of the tenant names ``model_id`` in its ``config.init_from``."""
     configs = session.scalars(
-        select(Job.config).where(Job.tenant_id == tenant_id, Job.status.in_(ACTIVE))
+        select(Job.config).where(Job.tenant_id == tenant_id, Job.status.in_(ACTIVE_STATUSES))
     ).all()  # at most the tenant's concurrent-job cap; JSON paths differ between SQLite and PostgreSQL
     return any(isinstance(config, dict) and config.get("init_from") == model_id for config in configs)
 
