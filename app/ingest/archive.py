@@ -17,19 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from app.core.errors import ServiceError
+
 _CHUNK = 1 << 16
 _DRIVE = re.compile(r"^[A-Za-z]:")
 # Ratios are only meaningful for members big enough to matter; tiny text files compress very well.
 RATIO_MIN_BYTES = 256 * 1024
 
 
-class ArchiveError(Exception):
+class ArchiveError(ServiceError):
     """The archive is refused. ``code`` is ``invalid_dataset`` or ``too_large``."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from app.core.errors import ServiceError
 from app.ingest.archive import ArchiveError, ArchiveLimits, SafeZip, check_member_name, iter_tar
 from app.ingest.images import IMAGE_SUFFIXES, ImageRejected, check_image
 
@@ -35,13 +36,8 @@ MAX_LABEL_CHARS = 200
 _LABEL_SUFFIXES = ("cls", "txt", "json")
 
 
-class DatasetRejected(Exception):
+class DatasetRejected(ServiceError):
     """The upload cannot become a dataset. ``code``: invalid_dataset, single_class or too_large."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -57,6 +53,11 @@ class IngestResult:
     num_images: int
     splits: dict[str, int]
     skipped: list[dict[str, str]] = field(default_factory=list)
+    trimmed: list[dict[str, Any]] = field(default_factory=list)
+
+    def report(self) -> dict[str, Any]:
+        """The import report stored with the dataset (schema: app.schemas.DatasetReport)."""
+        return {"skipped": self.skipped, "trimmed": self.trimmed}
 
 
 @dataclass(frozen=True)
@@ -75,18 +76,21 @@ class _Writer:
         self.max_pixels = max_pixels
         self.rows: list[dict[str, Any]] = []
         self.skipped: list[dict[str, str]] = []
+        self.trimmed: list[dict[str, Any]] = []  # images stored without the bytes after their end
 
     def skip(self, path: str, reason: str) -> None:
         self.skipped.append({"path": path, "reason": reason})
 
     def add(self, entry: _Entry, data: bytes) -> None:
         try:
-            ext = check_image(data, max_pixels=self.max_pixels)
+            image = check_image(data, max_pixels=self.max_pixels)
         except ImageRejected as exc:
-            self.skip(entry.name, exc.reason)
+            self.skip(entry.name, exc.code)
             return
-        rel = f"images/{len(self.rows)}.{ext}"
-        (self.out_dir / rel).write_bytes(data)
+        if image.bytes_removed:
+            self.trimmed.append({"path": entry.name, "bytes_removed": image.bytes_removed})
+        rel = f"images/{len(self.rows)}.{image.ext}"
+        (self.out_dir / rel).write_bytes(image.data)  # only the image's own bytes: never a polyglot
         self.rows.append({"path": rel, "label": entry.label, "split": entry.split})
 
     def finish(self, min_images: int) -> IngestResult:
@@ -105,7 +109,7 @@ class _Writer:
             for row in self.rows:
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
         splits = Counter(row["split"] or UNSPLIT for row in self.rows)
-        return IngestResult(classes, len(self.rows), dict(sorted(splits.items())), self.skipped)
+        return IngestResult(classes, len(self.rows), dict(sorted(splits.items())), self.skipped, self.trimmed)
 
 
 def ingest_archive(upload: Path, out_dir: Path, limits: IngestLimits) -> IngestResult:

@@ -15,9 +15,16 @@ from tests.api.helpers import COLORS, image_folder_zip, make_zip, manifest_zip, 
 
 
 def upload(
-    client: TestClient, headers: dict[str, str], data: bytes, name: str | None = None, filename: str = "d.zip"
+    client: TestClient,
+    headers: dict[str, str],
+    data: bytes,
+    name: str | None = None,
+    filename: str = "d.zip",
+    key: str | None = None,
 ):
     fields = {"name": name} if name is not None else None
+    if key is not None:
+        headers = {**headers, "Idempotency-Key": key}
     return client.post("/v1/datasets", headers=headers, files={"file": (filename, data)}, data=fields)
 
 
@@ -43,7 +50,7 @@ def test_image_folder_with_splits(client: TestClient, headers_a: dict[str, str],
     assert body["name"] == "colours" and body["status"] == "ready"
     assert body["num_images"] == 10 and body["num_classes"] == 2 and body["classes"] == ["blue", "red"]
     assert body["splits"] == {"train": 5, "val": 5}
-    assert body["report"] == {"skipped": []}
+    assert body["report"] == {"skipped": [], "trimmed": []}
     assert "storage_key" not in body and "tenant_id" not in body
     manifests = storage_datasets(settings)
     assert len(manifests) == 1
@@ -264,3 +271,6 @@ def test_upload_field_errors(client: TestClient, headers_a: dict[str, str]) -> N
         params={"x": "1"},
     )
     assert response.status_code == 422
+
+
+# ---- camera JPEGs and decoder failures -----------------------------------------------------------

@@ -6,12 +6,15 @@ import io
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
+from app.core.errors import ServiceError
 from app.core.storage import FsspecStorage, LocalStorage, StorageError, check_key, make_storage
 from app.ingest.archive import ArchiveError, ArchiveLimits, _Budget, check_member_name
-from app.ingest.images import ImageRejected, check_image, decode_image
+from app.ingest.datasets import DatasetRejected
+from app.ingest.images import CheckedImage, ImageRejected, check_image, decode_image
 from tests.api.helpers import png_bytes
+from tests.security.corpus import mpo_bytes
 
 LIMITS = ArchiveLimits(
     max_members=10, max_member_bytes=1 << 20, max_uncompressed_bytes=2 << 20, max_compression_ratio=50
@@ -60,22 +63,60 @@ def test_budget_counts_bytes_not_headers() -> None:
 
 
 def test_images() -> None:
-    assert check_image(png_bytes(), max_pixels=100) == "png"
-    assert check_image(png_bytes(fmt="JPEG"), max_pixels=100) == "jpg"
+    assert check_image(png_bytes(), max_pixels=100) == CheckedImage("png", png_bytes())
+    assert check_image(png_bytes(fmt="JPEG"), max_pixels=100).ext == "jpg"
     assert decode_image(png_bytes(fmt="WEBP"), max_pixels=100).mode == "RGB"
     for data in (b"", b"GIF89a", png_bytes()[:40], png_bytes(fmt="TIFF"), png_bytes(fmt="ICO")):
         with pytest.raises(ImageRejected) as info:
             decode_image(data, max_pixels=10_000)
-        assert info.value.reason == "image_decode_failed"
+        assert info.value.code == "image_decode_failed"
     with pytest.raises(ImageRejected) as info:
         decode_image(png_bytes(size=11), max_pixels=100)
-    assert info.value.reason == "image_too_large"
+    assert info.value.code == "image_too_large"
 
 
 def test_decompression_bomb_warning_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)  # Pillow warns above this, errors above 2x
     with pytest.raises(ImageRejected):
         decode_image(png_bytes(size=8), max_pixels=10_000)  # 64 px > 50: the warning must refuse it
+
+
+def test_ingest_errors_share_the_service_error_shape() -> None:
+    for error in (
+        ArchiveError("too_large", "big"),
+        DatasetRejected("single_class", "one"),
+        ImageRejected("image_too_large", "px"),
+    ):
+        assert isinstance(error, ServiceError) and error.param is None and str(error) == error.message
+
+
+def test_multi_picture_jpeg_is_its_first_picture() -> None:
+    """A camera's MPO (Pillow's name for a JPEG with a multi-picture index) is the JPEG of its first picture."""
+    data, first = mpo_bytes()
+    assert Image.open(io.BytesIO(data)).format == "MPO"  # what used to raise KeyError: 'MPO' (a 500)
+    image = decode_image(data, max_pixels=10_000)
+    assert image.mode == "RGB" and image.size == (32, 24) and image.info["promptune_format"] == "JPEG"
+    checked = check_image(data, max_pixels=10_000)
+    assert checked == CheckedImage("jpg", first, len(data) - len(first))
+    assert decode_image(checked.data, max_pixels=10_000).tobytes() == image.tobytes()
+
+
+class _Boom(Exception):
+    """Not one of the errors a decoder is expected to raise."""
+
+
+@pytest.mark.parametrize("error", [KeyError("MPO"), IndexError("tuple index"), _Boom("anything")])
+def test_unexpected_decoder_errors_reject_the_image(
+    monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    def load(self: Image.Image) -> None:
+        raise error
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    for data in (png_bytes(), png_bytes(fmt="JPEG"), mpo_bytes()[0]):
+        with pytest.raises(ImageRejected) as info:
+            check_image(data, max_pixels=10_000)
+        assert info.value.code == "image_decode_failed" and type(error).__name__ in info.value.message
 
 
 @pytest.mark.parametrize("key", ["", "/a", "a/../b", "a//b", "a/./b", "a\\b", "a/b c", "..", "a/"])

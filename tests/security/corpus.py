@@ -169,6 +169,22 @@ def polyglot(fmt: str, tail: bytes) -> bytes:
 
 PNG_ZIP = lambda: polyglot("PNG", zip_with(("x.txt", b"hello"), good=False))  # noqa: E731
 JPEG_HTML = lambda: polyglot("JPEG", b"<html><script>alert(1)</script></html>")  # noqa: E731
+# Pillow still decodes a JPEG without its EOI marker: nothing tells where its own bytes end.
+JPEG_HTML_NO_EOI = lambda: png_bytes(size=16, fmt="JPEG")[:-2] + b"<html><script>alert(1)</script></html>"  # noqa: E731
+
+
+def mpo_bytes(
+    color: tuple[int, int, int] = (200, 60, 20), size: tuple[int, int] = (32, 24)
+) -> tuple[bytes, bytes]:
+    """A multi-picture JPEG as cameras write it (Pillow: format MPO) and the bytes of its first picture."""
+    first = Image.new("RGB", size, color)
+    second = Image.effect_noise(size, 60).convert("RGB")  # e.g. a depth map or a gain map
+    buf = io.BytesIO()
+    first.save(buf, format="MPO", save_all=True, append_images=[second])
+    data = buf.getvalue()
+    eoi = data.find(b"\xff\xd9") + 2  # a flat first picture: its scan holds no 0xFF 0xD9
+    assert Image.open(io.BytesIO(data)).format == "MPO" and 0 < eoi < len(data)
+    return data, data[:eoi]
 
 
 # ---- multipart bodies and probes -------------------------------------------------------------------

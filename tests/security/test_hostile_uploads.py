@@ -1,6 +1,8 @@
 """Hostile uploads: every case is refused with a 4xx and a machine-readable code (or, for one bad file in
 an otherwise good dataset, listed in ``report.skipped``), no file lands outside the dataset's folder, no
 pickle is ever executed, and the server's peak RSS growth over the whole corpus stays under 512 MB.
+A polyglot (an image with a zip or a script after its end) is stored cut at the image's end and listed in
+``report.trimmed``: no stored file holds the appended payload.
 
 The corpus is generated into a temp folder before the measurement starts; the API runs in this process
 (TestClient), so ``resource.getrusage`` sees the server's memory. The peak-RSS high-water mark is reset
@@ -27,7 +29,7 @@ from app.core.db import repo
 from app.core.db.session import get_engine, session_scope
 from app.core.settings import Settings
 from app.core.storage import model_key
-from app.ingest.images import FORMAT_EXTENSIONS, ImageRejected, check_image
+from app.ingest.images import FORMAT_EXTENSIONS, CheckedImage, ImageRejected, check_image
 from tests.api.helpers import png_bytes
 from tests.security import corpus as c
 
@@ -68,7 +70,12 @@ class Case:
     send: Callable[[TestClient, dict[str, str]], Any]
     status: int  # expected HTTP status
     code: str  # expected error code, or for 201: the reason the hostile file is listed under
-    skipped: str | None = None  # for 201: the archive path expected in report.skipped
+    skipped: str | None = None  # for 201: the archive path expected in report.skipped (or .trimmed)
+
+
+TRIMMED = "trimmed"  # Case.code for a 201 whose hostile file is stored cut and listed in report.trimmed
+# What the polyglots append; no stored file may contain any of it.
+PAYLOAD_MARKERS = (b"<script>", b"PK\x03\x04", b"PK\x05\x06")
 
 
 def dataset(data: bytes | Path, filename: str = "d.zip") -> Callable[[TestClient, dict[str, str]], Any]:
@@ -161,10 +168,13 @@ def image_cases(marker: Path) -> list[Case]:
         "truncated JPEG": (c.truncated("JPEG"), "image_decode_failed"),
         "TIFF named .png": (c.tiff_bytes(), "image_decode_failed"),
         "pickle named .png": (c.pickle_payload(marker), "image_decode_failed"),
-        "PNG+ZIP polyglot": (c.PNG_ZIP(), "image_trailing_data"),
-        "JPEG+HTML polyglot": (c.JPEG_HTML(), "image_trailing_data"),
-        "GIF+ZIP polyglot": (
-            c.polyglot("GIF", c.zip_with(("x.txt", b"hi"), good=False)),
+        "PNG+ZIP polyglot": (c.PNG_ZIP(), TRIMMED),
+        "JPEG+HTML polyglot": (c.JPEG_HTML(), TRIMMED),
+        "GIF+ZIP polyglot": (c.polyglot("GIF", c.zip_with(("x.txt", b"hi"), good=False)), TRIMMED),
+        "multi-picture JPEG + HTML": (c.mpo_bytes()[0] + b"<script>alert(1)</script>", TRIMMED),
+        "JPEG without its end marker + HTML": (c.JPEG_HTML_NO_EOI(), "image_trailing_data"),
+        "GIF without its trailer + ZIP": (
+            c.png_bytes(size=16, fmt="GIF")[:-1] + c.zip_with(("x.txt", b"hi"), good=False),
             "image_trailing_data",
         ),
     }
@@ -197,7 +207,7 @@ def image_cases(marker: Path) -> list[Case]:
     cases += [
         Case(f"predict image: {name}", zero_shot(data), 422, reason)
         for name, (data, reason) in member.items()
-        if reason != "image_trailing_data"  # decoded in memory and discarded: nothing is stored
+        if reason not in ("image_trailing_data", TRIMMED)  # decoded in memory and discarded: nothing stored
     ]
     cases += [
         Case("predict image over max_member_bytes", zero_shot(bytes(c.MiB + 1)), 413, "too_large"),
@@ -283,7 +293,10 @@ def run_corpus(
             failures.append(f"{case.name}: {response.status_code} {body}")
         elif case.status == 201:
             accepted.append(body["id"])
-            if {"path": case.skipped, "reason": case.code} not in body["report"]["skipped"]:
+            if case.code == TRIMMED:
+                if case.skipped not in [t["path"] for t in body["report"]["trimmed"]]:
+                    failures.append(f"{case.name}: not in report.trimmed: {body['report']}")
+            elif {"path": case.skipped, "reason": case.code} not in body["report"]["skipped"]:
                 failures.append(f"{case.name}: not skipped as {case.code}: {body['report']['skipped']}")
         elif body.get("error", {}).get("code") != case.code:
             failures.append(f"{case.name}: code {body}")
@@ -303,6 +316,14 @@ def assert_confined(new_files: set[Path], storage_root: Path, accepted: list[str
         assert not [p for p in folder.iterdir() if p.name.startswith(("evil", "promptune-slip"))]
 
 
+def assert_no_polyglot(new_files: set[Path]) -> None:
+    """security: every stored image is only the image's own bytes, whatever the upload appended to it."""
+    for path in new_files:
+        if path.parent.name == "images":
+            data = path.read_bytes()
+            assert not [m for m in PAYLOAD_MARKERS if m in data], f"appended payload stored: {path}"
+
+
 def test_hostile_corpus(
     client: TestClient, headers_a: dict[str, str], settings: Settings, database_url: str, tmp_path: Path
 ) -> None:
@@ -320,7 +341,9 @@ def test_hostile_corpus(
 
     assert not failures, "\n".join(failures)
     assert not marker.exists(), "a pickle payload was executed"
-    assert_confined(c.files_under(watched) - before, settings.data_dir / "storage", accepted)
+    new_files = c.files_under(watched) - before
+    assert_confined(new_files, settings.data_dir / "storage", accepted)
+    assert_no_polyglot(new_files)
     assert not any((settings.data_dir / "tmp").glob("*")), "upload temp files left behind"
     assert peak_growth_mb < RSS_LIMIT_MB
     slowest = max(timings, key=timings.__getitem__)
@@ -345,8 +368,9 @@ def test_hostile_corpus(
         ("BMP", {}),
     ],
 )
-def test_trailing_data_check(fmt: str, options: dict[str, Any]) -> None:
-    """Plain images of every allowed format pass (no false positives); the same bytes + a tail do not."""
+def test_trailing_data_is_cut(fmt: str, options: dict[str, Any]) -> None:
+    """Plain images of every allowed format are kept whole (no false positives); with a tail appended
+    (zero padding, a zip), exactly the image's own bytes are kept."""
     import io
 
     from PIL import Image
@@ -355,8 +379,15 @@ def test_trailing_data_check(fmt: str, options: dict[str, Any]) -> None:
     noise = Image.effect_noise((64, 48), 60).convert("RGB")  # busy pixels: 0xFF bytes in the scan data
     noise.save(buf, format=fmt, **options)
     data = buf.getvalue()
-    assert check_image(data, max_pixels=1 << 20) == FORMAT_EXTENSIONS[fmt]
-    assert check_image(data + bytes(7), max_pixels=1 << 20)  # zero padding is tolerated
-    with pytest.raises(ImageRejected) as info:
-        check_image(data + b"PK\x05\x06" + bytes(18), max_pixels=1 << 20)
-    assert info.value.reason == "image_trailing_data"
+    assert check_image(data, max_pixels=1 << 20) == CheckedImage(FORMAT_EXTENSIONS[fmt], data)
+    for tail in (bytes(7), b"PK\x05\x06" + bytes(18), b"<script>alert(1)</script>"):
+        checked = check_image(data + tail, max_pixels=1 << 20)
+        assert checked == CheckedImage(FORMAT_EXTENSIONS[fmt], data, len(tail))
+
+
+def test_image_without_a_findable_end_is_refused() -> None:
+    """A JPEG cut before its end marker still decodes; what follows it cannot be told apart from the image."""
+    for data in (c.JPEG_HTML_NO_EOI(), png_bytes(size=16, fmt="GIF")[:-1] + b"PK\x05\x06" + bytes(18)):
+        with pytest.raises(ImageRejected) as info:
+            check_image(data, max_pixels=1 << 20)
+        assert info.value.code == "image_trailing_data"

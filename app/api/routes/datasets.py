@@ -1,10 +1,14 @@
-"""Datasets: upload (a zip or WebDataset tar, streamed to disk under a cap), list, get, delete."""
+"""Datasets: upload (a zip or WebDataset tar, streamed to disk under a cap; idempotent), list, get, delete."""
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
@@ -12,7 +16,8 @@ from app.api.errors import ApiError, error_responses, not_found
 from app.api.uploads import multipart_openapi, read_multipart
 from app.core.db import repo
 from app.core.db.tables import Dataset, new_id
-from app.core.storage import dataset_prefix, temp_dir
+from app.core.settings import Settings
+from app.core.storage import Storage, dataset_prefix, temp_dir
 from app.ingest.archive import ArchiveLimits
 from app.ingest.datasets import DatasetRejected, IngestLimits, ingest_archive
 from app.schemas import MAX_SQL_INTEGER, DatasetPublic, ErrorResponse
@@ -38,15 +43,40 @@ def _dataset_name(given: str | None, filename: str) -> str:
     return name or "dataset"
 
 
+@dataclass(frozen=True)
+class _Upload:
+    """The spooled upload file, the dataset's name and the Idempotency-Key with the upload's sha256."""
+
+    path: Path
+    name: str
+    idempotency_key: str | None
+    upload_sha256: str | None
+
+
 @router.post(
     "",
     status_code=201,
     response_model=DatasetPublic,
     openapi_extra=_UPLOAD_DOC,
-    responses=error_responses(400, 413, 415, 422),
+    responses={
+        200: {"model": DatasetPublic, "description": "a retried upload with the same Idempotency-Key"},
+        **error_responses(400, 409, 413, 415, 422),
+    },
 )
 async def create_dataset(
-    request: Request, session: SessionDep, tenant: TenantDep, settings: SettingsDep, storage: StorageDep
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    tenant: TenantDep,
+    settings: SettingsDep,
+    storage: StorageDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            max_length=200,
+            description="a retry with the same key and the same upload returns the dataset created first",
+        ),
+    ] = None,
 ) -> DatasetPublic:
     form = await read_multipart(
         request,
@@ -58,48 +88,88 @@ async def create_dataset(
     try:
         upload = form.file("file")
         name = _dataset_name(form.text("name"), upload.filename)
-        limits = IngestLimits(
-            ArchiveLimits.from_settings(settings), settings.max_image_pixels, settings.min_images_per_dataset
-        )
-        dataset_id = new_id()
-        prefix = dataset_prefix(tenant.id, dataset_id)
-        with temp_dir(storage, settings.data_dir) as work:
-            try:
-                result = await run_in_threadpool(ingest_archive, upload.path, work / "dataset", limits)
-            except DatasetRejected as exc:
-                raise ApiError(_STATUS.get(exc.code, 422), exc.code, exc.message, param="file") from None
-
-            # Files first, the row last: a failure leaves no row pointing at missing files, and a
-            # failed request removes whatever it had stored.
-            # Database work runs in the threadpool like the storage I/O: a blocking call on the event
-            # loop would deadlock it once concurrent requests exhaust the connection pool.
-            def store_row() -> Dataset:
-                row = repo.create_dataset(
-                    session=session,
-                    tenant_id=tenant.id,
-                    id=dataset_id,
-                    name=name,
-                    status="ready",
-                    num_images=result.num_images,
-                    num_classes=len(result.classes),
-                    classes=result.classes,
-                    splits=result.splits,
-                    report={"skipped": result.skipped},
-                    storage_key=prefix,
-                )
-                session.commit()
-                return row
-
-            try:
-                await run_in_threadpool(storage.put_dir, prefix, work / "dataset")
-                row = await run_in_threadpool(store_row)
-            except BaseException:
-                await run_in_threadpool(session.rollback)
-                await run_in_threadpool(storage.delete_prefix, prefix)
-                raise
+        upload_sha256 = None
+        if idempotency_key is not None:
+            upload_sha256 = await run_in_threadpool(_sha256_file, upload.path)
+            existing = await run_in_threadpool(
+                repo.get_dataset_by_idempotency_key, session=session, tenant_id=tenant.id, key=idempotency_key
+            )
+            if existing is not None:  # a retry: nothing is ingested or stored again
+                if not repo.same_upload(existing, name=name, upload_sha256=upload_sha256):
+                    raise _idempotency_conflict()
+                response.status_code = 200
+                return DatasetPublic.model_validate(existing)
+        upload_ref = _Upload(upload.path, name, idempotency_key, upload_sha256)
+        row, created = await _ingest_and_store(session, tenant.id, settings, storage, upload_ref)
+        if not created:
+            response.status_code = 200
         return DatasetPublic.model_validate(row)
     finally:
         form.cleanup()
+
+
+async def _ingest_and_store(
+    session: Session, tenant_id: str, settings: Settings, storage: Storage, upload: _Upload
+) -> tuple[Dataset, bool]:
+    """Ingest into a scratch folder, store the files, then insert the row; (row, created)."""
+    limits = IngestLimits(
+        ArchiveLimits.from_settings(settings), settings.max_image_pixels, settings.min_images_per_dataset
+    )
+    dataset_id = new_id()
+    prefix = dataset_prefix(tenant_id, dataset_id)
+    with temp_dir(storage, settings.data_dir) as work:
+        try:
+            result = await run_in_threadpool(ingest_archive, upload.path, work / "dataset", limits)
+        except DatasetRejected as exc:
+            raise ApiError(_STATUS.get(exc.code, 422), exc.code, exc.message, param="file") from None
+
+        # Files first, the row last: a failure leaves no row pointing at missing files, and a
+        # failed request removes whatever it had stored.
+        # Database work runs in the threadpool like the storage I/O: a blocking call on the event
+        # loop would deadlock it once concurrent requests exhaust the connection pool.
+        def store_row() -> tuple[Dataset, bool]:
+            return repo.create_dataset_once(
+                session=session,
+                tenant_id=tenant_id,
+                name=upload.name,
+                idempotency_key=upload.idempotency_key,
+                upload_sha256=upload.upload_sha256,
+                id=dataset_id,
+                status="ready",
+                num_images=result.num_images,
+                num_classes=len(result.classes),
+                classes=result.classes,
+                splits=result.splits,
+                report=result.report(),
+                storage_key=prefix,
+            )
+
+        try:
+            await run_in_threadpool(storage.put_dir, prefix, work / "dataset")
+            row, created = await run_in_threadpool(store_row)
+        except BaseException as exc:
+            await run_in_threadpool(session.rollback)
+            await run_in_threadpool(storage.delete_prefix, prefix)
+            if isinstance(exc, repo.IdempotencyConflict):
+                raise _idempotency_conflict() from None
+            raise
+    if not created:  # a concurrent upload with the same key won: its copy is the one kept
+        await run_in_threadpool(storage.delete_prefix, prefix)
+    return row, created
+
+
+def _sha256_file(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _idempotency_conflict() -> ApiError:
+    return ApiError(
+        409,
+        "idempotency_conflict",
+        "this Idempotency-Key was used with a different upload",
+        param="Idempotency-Key",
+    )
 
 
 @router.get("", response_model=list[DatasetPublic])
