@@ -76,7 +76,7 @@ def ensure_zoo(
 # ---- random-init backbones (tests that claim nothing about learning) --------------------------------
 def ensure_demo_backbones(zoo_dir: Path) -> Path:
     """Write ``demo-vit`` and ``demo-clip`` (seeded random init) and their registry; reuse if intact."""
-    from models.backbones.weights import sha256_file
+    from models import sha256_file
 
     zoo_dir = zoo_dir.resolve()
     registry_path, version_path = zoo_dir / "backbones.json", zoo_dir / "zoo-version"

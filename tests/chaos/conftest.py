@@ -18,8 +18,8 @@ from safetensors.torch import load
 from app.core.db.migrate import upgrade
 from app.core.db.session import session_scope
 from devstack.backbones import ensure_demo_backbones
-from devstack.stack import free_port, start_api, wait_ready
-from tests.chaos.stack import ChaosStack, Redis
+from devstack.stack import RedisServer, free_port, start_api, wait_ready
+from tests.chaos.stack import ChaosStack
 
 # 40 training images, batch 8: 5 steps per epoch, 40 steps; a resume state every 4 steps and at
 # each epoch end, so the last state before a kill is at most 4 steps old.
@@ -68,7 +68,7 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChaosStack]:
     db_url = f"sqlite:///{data_dir / 'promptune.db'}"
     upgrade(db_url)
     registry = ensure_demo_backbones(data_dir / "zoo")
-    redis = Redis(data_dir / "redis", free_port())
+    redis = RedisServer(data_dir / "redis", free_port())
     try:
         redis.start()
     except (RuntimeError, OSError) as exc:

@@ -1,18 +1,18 @@
 """The real stack the chaos tests break: a restartable redis-server, the API under uvicorn, Celery workers.
 
-Every piece is a real process (devstack/stack.py); the test process reads job state straight from the
-shared SQLite database (WAL), so it sees every committed change within one 20 ms poll. Workers write
-``jobs.progress`` after every step here (``PROMPTUNE_PROGRESS_INTERVAL_SECONDS=0``), which makes the
-step a worker had reached when it was killed exact: ``round(progress * total_steps)``.
+Every piece is a real process started by devstack/stack.py. The redis-server restarts on its port and
+has no persistence: a restart empties every queue, the worst case for a broker restart (the compose
+deployment runs AOF, which would keep the queued messages). The test process reads job state straight
+from the shared SQLite database (WAL), so it sees every committed change within one 20 ms poll. Workers
+write ``jobs.progress`` after every step here (``PROMPTUNE_PROGRESS_INTERVAL_SECONDS=0``), which makes
+the step a worker had reached when it was killed exact: ``round(progress * total_steps)``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -24,45 +24,11 @@ from sqlalchemy import select
 
 from app.core.db.session import session_scope
 from app.core.db.tables import Job, JobEvent, TunedModel
-from devstack.stack import Proc, redis_alive, start_worker
+from app.core.status import TERMINAL_STATUSES
+from devstack.stack import Proc, RedisServer, start_worker
 
 POLL_SECONDS = 0.02
 FIGURES_ENV = "PROMPTUNE_CHAOS_FIGURES"
-
-
-class Redis:
-    """redis-server on a fixed loopback port that can be stopped and started again on that port.
-
-    No persistence (``--save ""``, ``--appendonly no``): a restart empties every queue, the worst case
-    for a broker restart (the compose deployment runs AOF, which would keep the queued messages).
-    """
-
-    def __init__(self, directory: Path, port: int) -> None:
-        self.directory, self.port = directory, port
-        self.proc: Proc | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            raise RuntimeError("redis-server is not installed")
-        self.directory.mkdir(parents=True, exist_ok=True)
-        argv = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        argv += ["--dir", str(self.directory)]
-        self.proc = Proc("redis", argv, self.directory / "redis.log")
-        deadline = time.monotonic() + 10
-        while not redis_alive(self.url):
-            if not self.proc.alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start:\n{self.proc.tail()}")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.stop()
-            self.proc = None
 
 
 @dataclasses.dataclass
@@ -73,7 +39,7 @@ class ChaosStack:
     base_url: str
     key: str
     log_dir: Path
-    redis: Redis
+    redis: RedisServer  # restartable on its port: devstack/stack.py
     workers: list[Proc] = dataclasses.field(default_factory=list)
     _names: int = 0
 
@@ -180,7 +146,7 @@ class ChaosStack:
 
     def wait_terminal(self, job_id: str, *, timeout: float = 180.0) -> dict[str, Any]:
         return self.wait(
-            job_id, lambda j: j["status"] in ("succeeded", "failed", "cancelled"), timeout=timeout
+            job_id, lambda j: j["status"] in TERMINAL_STATUSES, timeout=timeout
         )
 
     def wait_step(
@@ -208,8 +174,7 @@ class ChaosStack:
 
 def kill_group(proc: Proc, sig: int = signal.SIGKILL) -> None:
     """Signal a worker and all its pool processes (its own process group)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, sig)
+    proc.kill_group(sig)
 
 
 def resumed_from(events: list[dict[str, Any]]) -> list[int]:

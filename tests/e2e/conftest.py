@@ -9,12 +9,13 @@ reaper run on short timers so that worker-loss recovery takes seconds.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,8 @@ import pytest
 from app.core.db.migrate import upgrade
 from devstack.backbones import ensure_demo_backbones
 from devstack.demo_steps import follow_job
-from devstack.stack import Proc, free_port, start_api, start_worker, wait_ready
-from tests.services import RedisServer, redis_server  # noqa: F401 - pytest fixture
+from devstack.stack import Proc, RedisServer, free_port, start_api, start_worker, stop_all, wait_ready
+from tests.services import redis_server  # noqa: F401 - pytest fixture
 from tests.zoo_fixture import ZOO_TEST_BACKBONES, merge_registries
 
 
@@ -51,13 +52,20 @@ class Stack:
 
     def kill_worker(self, proc: Proc) -> None:
         """SIGKILL the worker and its pool processes (its own process group): no shutdown, no ack."""
-        os.killpg(proc.pid, signal.SIGKILL)
+        proc.kill_group(signal.SIGKILL)
         proc.popen.wait(10)
 
 
-@pytest.fixture(scope="session")
-def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:  # noqa: F811
-    data_dir = tmp_path_factory.mktemp("e2e")
+@contextlib.contextmanager
+def running_stack(
+    redis_url: str, data_dir: Path, extra_env: Mapping[str, str] | None = None
+) -> Iterator[Stack]:
+    """A migrated SQLite database, the demo backbones and the API on ``data_dir``; workers via the Stack.
+
+    Args:
+        redis_url: the broker; two stacks alive at once need different Redis databases.
+        extra_env: added to (and overriding) the environment of the API and the workers.
+    """
     db_url = f"sqlite:///{data_dir / 'promptune.db'}"
     upgrade(db_url)
     registry = merge_registries(data_dir / "backbones.json", ensure_demo_backbones(data_dir / "zoo"))
@@ -66,7 +74,7 @@ def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -
         "PROMPTUNE_ENVIRONMENT": "test",
         "PROMPTUNE_DATA_DIR": str(data_dir),
         "PROMPTUNE_DATABASE_URL": db_url,
-        "PROMPTUNE_REDIS_URL": redis_server.url,
+        "PROMPTUNE_REDIS_URL": redis_url,
         "PROMPTUNE_BACKBONES_FILE": str(registry),
         "PROMPTUNE_DEFAULT_BACKBONE": "demo-clip",
         "PROMPTUNE_JOB_LEASE_SECONDS": "6",
@@ -75,6 +83,7 @@ def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -
         "PROMPTUNE_TORCH_THREADS": "1",
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
+        **(extra_env or {}),
     }
     log_dir = data_dir / "logs"
     port = free_port()
@@ -90,12 +99,13 @@ def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -
         wait_ready(result.base_url, api)
         yield result
     finally:
-        procs = [*result.workers, api]
-        for proc in procs:  # signal all first: their shutdowns overlap
-            if proc.alive():
-                proc.popen.terminate()
-        for proc in procs:
-            proc.stop()
+        stop_all([*result.workers, api])  # signal all first: their shutdowns overlap
+
+
+@pytest.fixture(scope="session")
+def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:  # noqa: F811
+    with running_stack(redis_server.url, tmp_path_factory.mktemp("e2e")) as result:
+        yield result
 
 
 @pytest.fixture(scope="session")

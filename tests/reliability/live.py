@@ -11,7 +11,7 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
-from tests.services import free_port
+from devstack.stack import free_port
 
 
 @contextmanager

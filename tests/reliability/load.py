@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -24,8 +22,8 @@ from typing import Any
 import httpx
 
 from app.core.settings import Settings
+from devstack.stack import free_port, start_api, wait_ready
 from tests.reliability.world import World, predict_files
-from tests.services import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -159,45 +157,18 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 @contextmanager
 def uvicorn_process(settings: Settings, *, workers: int = 1, start_timeout: float = 60) -> Iterator[str]:
-    """``uvicorn app.main:app`` in its own process on 127.0.0.1:<free port>; yields the base URL."""
+    """``uvicorn app.main:app`` in its own process on 127.0.0.1:<free port>; yields the base URL.
+
+    Started by devstack (its log: ``<data_dir>/logs/api.log``), ready once ``/healthz`` answers 200.
+    """
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "app.main:app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-        "--log-level",
-        "warning",
-    ]
-    process = subprocess.Popen(command, cwd=REPO, env=settings_env(settings))
+    api = start_api(settings_env(settings), port, Path(settings.data_dir) / "logs", workers=workers, cwd=REPO)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + start_timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"uvicorn exited with {process.returncode}")
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"uvicorn did not answer within {start_timeout} s")
-            time.sleep(0.1)
+        wait_ready(base, api, timeout=start_timeout, path="/healthz")
         yield base
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        api.stop(timeout=10)
 
 
 def run_all(base_url: str, world: World, *, requests: dict[str, int], concurrency: int) -> list[PhaseResult]:

@@ -9,7 +9,6 @@ prints the time from fault to the first 503 and from repair to the first 200 (po
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -21,41 +20,22 @@ import pytest
 from app.core.db.migrate import upgrade
 from app.core.settings import Settings
 from app.main import create_app
+from devstack.postgres import PostgresServer, start_postgres
+from devstack.postgres import as_postgres as _as_postgres
+from devstack.stack import RedisServer
 from tests.reliability.live import live_server
-from tests.services import PostgresServer, _as_postgres, _wait_port, free_port, start_postgres
 
 pytestmark = [pytest.mark.services, pytest.mark.postgres]
 POLLS = 200  # x 0.05 s sleep: a bound on the wait, not a latency target
 
 
-class Redis:
-    """A redis-server on a fixed port that can be stopped and started again."""
-
-    def __init__(self, folder: Path) -> None:
-        self.port, self.folder, self.proc = free_port(), folder, None
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.skip("redis-server is not installed")
-        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        self.proc = subprocess.Popen(
-            [*args, "--dir", str(self.folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        assert _wait_port(self.port, 10), "redis-server did not start"
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=10)
-
-
 @pytest.fixture
-def redis(tmp_path: Path) -> Iterator[Redis]:
-    server = Redis(tmp_path)
-    server.start()
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    server = RedisServer(tmp_path).start()  # on a fixed port: this test stops and restarts it
     yield server
-    server.stop()
+    server.close()
 
 
 @pytest.fixture
@@ -110,7 +90,7 @@ def _fault_and_repair(
 
 
 def test_readyz_names_the_failed_component_and_recovers(
-    tmp_path: Path, redis: Redis, postgres: PostgresServer, backbones_file: Path
+    tmp_path: Path, redis: RedisServer, postgres: PostgresServer, backbones_file: Path
 ) -> None:
     url = postgres.create_database()
     upgrade(url)
@@ -119,7 +99,7 @@ def test_readyz_names_the_failed_component_and_recovers(
         data_dir=tmp_path / "data",
         database_url=url,
         backbones_file=backbones_file,
-        redis_url=f"redis://127.0.0.1:{redis.port}/0",
+        redis_url=redis.url,
     )
     app = create_app(settings, enqueue=lambda _job_id: None)
     storage_root = Path(app.state.storage.root)
