@@ -1,0 +1,1 @@
+"""Method modules from outside ``models/``, loaded through ``PROMPTUNE_METHOD_MODULES`` by the tests."""
