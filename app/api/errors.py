@@ -14,6 +14,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.core.errors import ServiceError
+
 log = logging.getLogger("promptune.api")
 
 _STATUS_CODES = {
@@ -55,8 +57,9 @@ def error_responses(*status_codes: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-class ApiError(Exception):
-    """Raised by routes and dependencies; rendered by :func:`install_error_handlers`."""
+class ApiError(ServiceError):
+    """A :class:`ServiceError` with its HTTP status; raised by routes and dependencies, rendered by
+    :func:`install_error_handlers`."""
 
     def __init__(
         self,
@@ -67,11 +70,8 @@ class ApiError(Exception):
         param: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(code, message, param)
         self.status_code = status_code
-        self.code = code
-        self.message = message
-        self.param = param
         self.headers = headers
 
 

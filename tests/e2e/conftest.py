@@ -80,6 +80,9 @@ def running_stack(
         "PROMPTUNE_JOB_LEASE_SECONDS": "6",
         "PROMPTUNE_REAPER_INTERVAL_SECONDS": "1",
         "PROMPTUNE_CHECKPOINT_EVERY_STEPS": "2",
+        # Progress on every step: a test that acts mid-training (the worker-loss kill) must see it there,
+        # and a quiet machine trains the tiny ViT's 60 steps in about a second.
+        "PROMPTUNE_PROGRESS_INTERVAL_SECONDS": "0",
         "PROMPTUNE_TORCH_THREADS": "1",
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",

@@ -7,7 +7,7 @@ tenant's object is simply "not found" (OWASP API1). Functions flush but do not c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -32,6 +32,7 @@ class InvalidTransition(Exception):
 
 
 Owned = TypeVar("Owned", Dataset, Job, TunedModel)
+Keyed = TypeVar("Keyed", Dataset, Job)  # the tables with an Idempotency-Key
 
 
 def _owned_page(
@@ -170,17 +171,37 @@ def create_dataset_once(
     session.add(dataset)
     try:
         session.commit()
-    except IntegrityError:
-        session.rollback()
-        if idempotency_key is None:
-            raise
-        existing = get_dataset_by_idempotency_key(session=session, tenant_id=tenant_id, key=idempotency_key)
-        if existing is None:
-            raise
-        if not same_upload(existing, name=name, upload_sha256=upload_sha256):
-            raise IdempotencyConflict(idempotency_key) from None
-        return existing, False
+    except IntegrityError as exc:
+        winner = _idempotency_race_winner(
+            session,
+            exc,
+            idempotency_key,
+            lambda key: get_dataset_by_idempotency_key(session=session, tenant_id=tenant_id, key=key),
+            lambda row: same_upload(row, name=name, upload_sha256=upload_sha256),
+        )
+        return winner, False
     return dataset, True
+
+
+def _idempotency_race_winner(
+    session: Session,
+    error: IntegrityError,
+    key: str | None,
+    lookup: Callable[[str], Keyed | None],
+    same: Callable[[Keyed], bool],
+) -> Keyed:
+    """The row that won a race on the unique (tenant_id, idempotency_key) index, after our insert lost.
+
+    Rolls our insert back; re-raises ``error`` when it was not that race, and raises
+    :class:`IdempotencyConflict` when the winner was created from a different request.
+    """
+    session.rollback()
+    existing = lookup(key) if key is not None else None
+    if existing is None:
+        raise error
+    if not same(existing):
+        raise IdempotencyConflict(key) from None
+    return existing
 
 
 # ---- jobs ----------------------------------------------------------------------------------------
@@ -248,16 +269,15 @@ def create_job(
         queued = {"status": JobStatus.QUEUED}
         session.add(JobEvent(job_id=job.id, type="status", message="job queued", data=queued))
         session.commit()
-    except IntegrityError:
-        session.rollback()
-        if idempotency_key is None:
-            raise
-        existing = get_job_by_idempotency_key(session=session, tenant_id=tenant_id, key=idempotency_key)
-        if existing is None:
-            raise
-        if not same_request(existing, values):
-            raise IdempotencyConflict(idempotency_key) from None
-        return existing, False
+    except IntegrityError as exc:
+        winner = _idempotency_race_winner(
+            session,
+            exc,
+            idempotency_key,
+            lambda key: get_job_by_idempotency_key(session=session, tenant_id=tenant_id, key=key),
+            lambda row: same_request(row, values),
+        )
+        return winner, False
     return job, True
 
 
