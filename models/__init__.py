@@ -35,88 +35,62 @@ this repository uses the same public contract::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
-
-from . import data
-from . import rpp as _rpp  # noqa: F401  (registers "rpp")
-from . import spt as _spt  # noqa: F401  (registers "spt")
-from .backbones import (
-    Backbone,
-    BackboneSpec,
-    Preprocessing,
-    load_backbone,
-    save_clip_local_dir,
-    save_timm_weights,
-)
-from .backbones.weights import sha256_file, verify_sha256
-from .base import MethodConfig, PromptMethod
-from .checkpoint import load_checkpoint, read_checkpoint_metadata, save_checkpoint
-from .config import option
-from .engine import TrainConfig, Trainer, TrainResult, read_state, state_files
-from .errors import (
-    CheckpointError,
-    ConfigError,
-    DataError,
-    PromptuneError,
-    TrainingCancelled,
-    TrainingPaused,
-    WeightsIntegrityError,
-    WeightsNotFoundError,
-)
-from .fileio import atomic_path, atomic_write_bytes
-from .inference import TunedPredictor, ZeroShotClassifier, predict_topk
-from .registry import (
-    CAPABILITIES,
-    MethodEntry,
-    get_method,
-    list_methods,
-    method_config,
-    method_entries,
-    register_method,
-)
-from .schema import config_schema
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-
-def build_method(
-    name: str,
-    backbone: Backbone,
-    config: MethodConfig | Mapping[str, Any] | None,
-    class_names: Sequence[str],
-) -> PromptMethod:
-    """Build a registered method on a loaded backbone.
-
-    Args:
-        name: a registered method name (``rpp``, ``spt``).
-        backbone: from :func:`load_backbone`; its family must match the method's.
-        config: the method's config dataclass, or a plain dict validated into it (unknown keys rejected).
-        class_names: the label space the method predicts over.
-
-    Returns:
-        The method, with every backbone tensor frozen.
-    """
-    entry = get_method(name)
-    if backbone.family != entry.family:
-        raise ConfigError(
-            "backbone", f"method {name!r} needs a {entry.family} backbone, got {backbone.family}"
-        )
-    if not isinstance(config, MethodConfig):
-        config = entry.config_cls.from_dict(config)
-    return entry.model_cls(backbone, config, class_names)
-
-
+# What the library exports, and the module each name lives in. Names load on first use (PEP 562), so that
+# importing a light part of the library (errors, configs, the atomic write) does not import torch, open_clip
+# and timm; the registry imports the built-in methods when it is first consulted.
+_EXPORTS = {
+    "atomic_path": ".fileio",
+    "atomic_write_bytes": ".fileio",
+    "Backbone": ".backbones",
+    "BackboneSpec": ".backbones",
+    "build_method": ".registry",
+    "CAPABILITIES": ".registry",
+    "CheckpointError": ".errors",
+    "config_schema": ".schema",
+    "ConfigError": ".errors",
+    "data": ".data",
+    "DataError": ".errors",
+    "get_method": ".registry",
+    "list_methods": ".registry",
+    "load_backbone": ".backbones",
+    "load_checkpoint": ".checkpoint",
+    "method_config": ".registry",
+    "method_entries": ".registry",
+    "MethodConfig": ".base",
+    "MethodEntry": ".registry",
+    "option": ".config",
+    "predict_topk": ".inference",
+    "Preprocessing": ".backbones",
+    "PromptMethod": ".base",
+    "PromptuneError": ".errors",
+    "read_checkpoint_metadata": ".checkpoint",
+    "read_state": ".engine",
+    "register_method": ".registry",
+    "save_checkpoint": ".checkpoint",
+    "save_clip_local_dir": ".backbones",
+    "save_timm_weights": ".backbones",
+    "sha256_file": ".backbones.weights",
+    "state_files": ".engine",
+    "TrainConfig": ".engine",
+    "Trainer": ".engine",
+    "TrainingCancelled": ".errors",
+    "TrainingPaused": ".errors",
+    "TrainResult": ".engine",
+    "TunedPredictor": ".inference",
+    "verify_sha256": ".backbones.weights",
+    "WeightsIntegrityError": ".errors",
+    "WeightsNotFoundError": ".errors",
+    "ZeroShotClassifier": ".inference",
+}
 __all__ = [
-    "atomic_write_bytes",
-    "atomic_path",
-    "state_files",
-    "read_state",
-    "verify_sha256",
-    "sha256_file",
-    "CAPABILITIES",
     "Backbone",
     "BackboneSpec",
+    "CAPABILITIES",
     "CheckpointError",
     "ConfigError",
     "DataError",
@@ -134,6 +108,9 @@ __all__ = [
     "WeightsIntegrityError",
     "WeightsNotFoundError",
     "ZeroShotClassifier",
+    "__version__",
+    "atomic_path",
+    "atomic_write_bytes",
     "build_method",
     "config_schema",
     "data",
@@ -146,9 +123,65 @@ __all__ = [
     "option",
     "predict_topk",
     "read_checkpoint_metadata",
+    "read_state",
     "register_method",
     "save_checkpoint",
     "save_clip_local_dir",
     "save_timm_weights",
-    "__version__",
+    "sha256_file",
+    "state_files",
+    "verify_sha256",
 ]
+
+if TYPE_CHECKING:
+    from . import data
+    from .backbones import (
+        Backbone,
+        BackboneSpec,
+        Preprocessing,
+        load_backbone,
+        save_clip_local_dir,
+        save_timm_weights,
+    )
+    from .backbones.weights import sha256_file, verify_sha256
+    from .base import MethodConfig, PromptMethod
+    from .checkpoint import load_checkpoint, read_checkpoint_metadata, save_checkpoint
+    from .config import option
+    from .engine import TrainConfig, Trainer, TrainResult, read_state, state_files
+    from .errors import (
+        CheckpointError,
+        ConfigError,
+        DataError,
+        PromptuneError,
+        TrainingCancelled,
+        TrainingPaused,
+        WeightsIntegrityError,
+        WeightsNotFoundError,
+    )
+    from .fileio import atomic_path, atomic_write_bytes
+    from .inference import TunedPredictor, ZeroShotClassifier, predict_topk
+    from .registry import (
+        CAPABILITIES,
+        MethodEntry,
+        build_method,
+        get_method,
+        list_methods,
+        method_config,
+        method_entries,
+        register_method,
+    )
+    from .schema import config_schema
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'models' has no attribute {name!r}")
+    loaded = importlib.import_module(module, __name__)
+    value = loaded if name == "data" else getattr(loaded, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -9,11 +9,12 @@ at run time. The service derives its job fields, their JSON Schema and its check
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .backbones.spec import Backbone
     from .base import MethodConfig, PromptMethod
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -47,6 +48,21 @@ class MethodEntry:
 
 
 _METHODS: dict[str, MethodEntry] = {}
+# The built-in methods register themselves when their package is imported; the registry imports them on
+# first use, so that `import models` (and the service's light modules) does not pay for torch up front.
+BUILTIN_METHOD_PACKAGES = ("models.rpp", "models.spt")
+_builtins_imported = False
+
+
+def _ensure_builtins() -> None:
+    global _builtins_imported
+    if _builtins_imported:
+        return
+    _builtins_imported = True  # first: the packages' own register_method calls come back here
+    import importlib
+
+    for package in BUILTIN_METHOD_PACKAGES:
+        importlib.import_module(package)
 
 
 def register_method(
@@ -70,6 +86,7 @@ def register_method(
     """
     from .base import MethodConfig, PromptMethod
 
+    _ensure_builtins()  # a name taken by a built-in method is refused, whatever the import order
     if not _NAME.match(name):
         raise ValueError(f"method name {name!r} must be lowercase letters, digits and underscores")
     if name in _METHODS:
@@ -90,6 +107,7 @@ def register_method(
 
 
 def list_methods() -> list[str]:
+    _ensure_builtins()
     return sorted(_METHODS)
 
 
@@ -98,12 +116,43 @@ def method_entries() -> list[MethodEntry]:
 
 
 def get_method(name: str) -> MethodEntry:
+    _ensure_builtins()
     try:
         return _METHODS[name]
     except KeyError:
         from .errors import ConfigError
 
         raise ConfigError("method", f"unknown method {name!r} (known: {', '.join(list_methods())})") from None
+
+
+def build_method(
+    name: str,
+    backbone: Backbone,
+    config: MethodConfig | Mapping[str, Any] | None,
+    class_names: Sequence[str],
+) -> PromptMethod:
+    """Build a registered method on a loaded backbone.
+
+    Args:
+        name: a registered method name (``rpp``, ``spt``).
+        backbone: from :func:`load_backbone`; its family must match the method's.
+        config: the method's config dataclass, or a plain dict validated into it (unknown keys rejected).
+        class_names: the label space the method predicts over.
+
+    Returns:
+        The method, with every backbone tensor frozen.
+    """
+    from .base import MethodConfig
+    from .errors import ConfigError
+
+    entry = get_method(name)
+    if backbone.family != entry.family:
+        raise ConfigError(
+            "backbone", f"method {name!r} needs a {entry.family} backbone, got {backbone.family}"
+        )
+    if not isinstance(config, MethodConfig):
+        config = entry.config_cls.from_dict(config)
+    return entry.model_cls(backbone, config, class_names)
 
 
 def method_config(name: str, values: dict[str, Any] | None) -> MethodConfig:
