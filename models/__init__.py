@@ -48,6 +48,7 @@ _EXPORTS = {
     "atomic_write_bytes": ".fileio",
     "Backbone": ".backbones",
     "BackboneSpec": ".backbones",
+    "batched_logits": ".batching",
     "build_method": ".registry",
     "CAPABILITIES": ".registry",
     "CheckpointError": ".errors",
@@ -55,6 +56,7 @@ _EXPORTS = {
     "ConfigError": ".errors",
     "data": ".data",
     "DataError": ".errors",
+    "forward_groups": ".batching",
     "get_method": ".registry",
     "list_methods": ".registry",
     "load_backbone": ".backbones",
@@ -75,6 +77,7 @@ _EXPORTS = {
     "save_clip_local_dir": ".backbones",
     "save_timm_weights": ".backbones",
     "sha256_file": ".backbones.weights",
+    "shared_forward_key": ".batching",
     "state_files": ".engine",
     "TrainConfig": ".engine",
     "Trainer": ".engine",
@@ -111,9 +114,11 @@ __all__ = [
     "__version__",
     "atomic_path",
     "atomic_write_bytes",
+    "batched_logits",
     "build_method",
     "config_schema",
     "data",
+    "forward_groups",
     "get_method",
     "list_methods",
     "load_backbone",
@@ -129,6 +134,7 @@ __all__ = [
     "save_clip_local_dir",
     "save_timm_weights",
     "sha256_file",
+    "shared_forward_key",
     "state_files",
     "verify_sha256",
 ]
@@ -145,6 +151,7 @@ if TYPE_CHECKING:
     )
     from .backbones.weights import sha256_file, verify_sha256
     from .base import MethodConfig, PromptMethod
+    from .batching import batched_logits, forward_groups, shared_forward_key
     from .checkpoint import load_checkpoint, read_checkpoint_metadata, save_checkpoint
     from .config import option
     from .engine import TrainConfig, Trainer, TrainResult, read_state, state_files

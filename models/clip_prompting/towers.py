@@ -22,7 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .prompts import TowerPrompts
+from .prompts import StackedTowerPrompts, TowerPrompts
+
+# Prompts that fill a slot: one model's (batch-independent) or several models' stacked per sample.
+SlotPrompts = TowerPrompts | StackedTowerPrompts
 
 
 def check_qkv_block(block: Any) -> None:
@@ -92,7 +95,7 @@ def _with_slot(x: torch.Tensor, slot: torch.Tensor, start: int, length: int) -> 
 def run_blocks(
     blocks: Any,
     x: torch.Tensor,
-    prompts: TowerPrompts,
+    prompts: SlotPrompts,
     start: int,
     k0: torch.Tensor,
     v0: torch.Tensor,
@@ -113,12 +116,13 @@ def run_blocks(
 
 
 def encode_image(
-    clip: Any, prompts: TowerPrompts | None, images: torch.Tensor, *, staged: bool = False
+    clip: Any, prompts: SlotPrompts | None, images: torch.Tensor, *, staged: bool = False
 ) -> torch.Tensor:
     """Image features (unnormalised) of open_clip's ``VisionTransformer`` with the prompt slot.
 
     Without prompts this is ``clip.visual(images)``; ``staged=True`` runs this module's own staged
-    forward with an empty slot instead (used to test that it mirrors open_clip).
+    forward with an empty slot instead (used to test that it mirrors open_clip). ``prompts`` may be a
+    :class:`StackedTowerPrompts` with one prompt set per image.
     """
     visual = clip.visual
     if prompts is None and not staged:
@@ -136,9 +140,13 @@ def encode_image(
             x = block(x, attn_mask=None)
     else:
         q0, k0, v0 = (p.to(x.dtype) for p in prompts.layer0())
-        x = visual.ln_pre(torch.cat([x, q0.unsqueeze(0).expand(batch, -1, -1)], dim=1))
+        if q0.ndim == 2:  # one prompt set for the batch: (M, d) -> (B, M, d) query, (1, M, d) key/value
+            q0, k0, v0 = q0.unsqueeze(0).expand(batch, -1, -1), k0.unsqueeze(0), v0.unsqueeze(0)
+        elif q0.shape[0] != batch:
+            raise ValueError(f"{q0.shape[0]} per-sample prompt sets for {batch} images")
+        x = visual.ln_pre(torch.cat([x, q0], dim=1))
         if prompts.unshared:  # layer-0 slot versions go through ln_pre like every token
-            k0, v0 = visual.ln_pre(k0.unsqueeze(0)), visual.ln_pre(v0.unsqueeze(0))
+            k0, v0 = visual.ln_pre(k0), visual.ln_pre(v0)
         x = run_blocks(visual.transformer.resblocks, x, prompts, num_tokens, k0, v0, None)
     # The slot is dropped before pooling: 'tok' pooling reads CLS anyway, and 'avg' keeps averaging
     # the patch tokens only, as in the plain model.

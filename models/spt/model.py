@@ -129,23 +129,36 @@ class SPTModel(PromptMethod):
         return stages.embed(self.vit, images.to(device=param.device, dtype=param.dtype))
 
     def insert_prompts(self, x: torch.Tensor, prompt: torch.Tensor, *, replace: bool) -> torch.Tensor:
-        """``[prefix, prompt, rest]``; with ``replace`` the ``M`` tokens after the prefix are dropped first."""
+        """``[prefix, prompt, rest]``; with ``replace`` the ``M`` tokens after the prefix are dropped first.
+
+        ``prompt`` is one prompt (M, D) for every sample, or one per sample (B, M, D).
+        """
         npt = self.num_prefix_tokens
-        prompt = prompt.unsqueeze(0).expand(x.shape[0], -1, -1)
+        if prompt.ndim == 2:
+            prompt = prompt.unsqueeze(0).expand(x.shape[0], -1, -1)
         rest = x[:, npt + self.num_prompts :] if replace else x[:, npt:]
         return torch.cat([x[:, :npt], prompt, rest], dim=1)
 
-    def blocks(self, x: torch.Tensor, *, class_token_only: bool = False) -> torch.Tensor:
+    def blocks(
+        self, x: torch.Tensor, *, class_token_only: bool = False, prompts: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The transformer blocks; prompts go in before block 0 and, for deep, are replaced before each block.
 
         With timm's plain ``Block``s two results that are thrown away are never computed: under deep prompts
         the MLP of the prompt tokens in blocks ``0 .. L-2`` (their outputs are replaced), and with
         ``class_token_only`` (token readout) the MLP of every token but the class token in the last block,
         which then returns (B, 1, D). The kept tokens are exactly those of the plain forward.
+
+        ``prompts`` (B, L, M, D), optional, replaces the model's own prompts with one set per sample (the
+        prompts of other models of this structure, so that they share one forward); no prompt dropout.
         """
-        prompts: torch.Tensor | None = self.prompts
-        if prompts is not None and self.training and self.config.prompt_dropout > 0:
-            prompts = F.dropout(prompts, self.config.prompt_dropout, training=True)
+        per_sample = prompts is not None
+        if prompts is not None:
+            self.check_sample_prompts(prompts, x.shape[0])
+        else:
+            prompts = self.prompts
+            if prompts is not None and self.training and self.config.prompt_dropout > 0:
+                prompts = F.dropout(prompts, self.config.prompt_dropout, training=True)
         deep = prompts is not None and self.prompt_layers > 1
         fast = self._plain_blocks
         npt, stop = self.num_prefix_tokens, self.num_prefix_tokens + self.num_prompts
@@ -154,7 +167,8 @@ class SPTModel(PromptMethod):
         for i, block in enumerate(blocks):
             if prompts is not None and (i == 0 or deep):
                 # the fast path has already dropped the previous prompt outputs
-                x = self.insert_prompts(x, prompts[i], replace=i > 0 and not fast)
+                layer = prompts[:, i] if per_sample else prompts[i]
+                x = self.insert_prompts(x, layer, replace=i > 0 and not fast)
             if i == last and class_token_only and fast:
                 return stages.class_token_block(block, x)
             x = stages.block_dropping_rows(block, x, npt, stop) if deep and fast and i < last else block(x)
@@ -163,9 +177,16 @@ class SPTModel(PromptMethod):
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         return stages.pool(self.vit, x, self.readout, self.num_prefix_tokens)
 
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Pooled pre-logits (B, D)."""
-        return self.pool(self.blocks(self.embed(images), class_token_only=self.readout == "token"))
+    def check_sample_prompts(self, prompts: torch.Tensor, batch: int) -> None:
+        """Raise ``ValueError`` unless ``prompts`` is one (L, M, D) prompt set of this structure per sample."""
+        expected = (batch, self.prompt_layers, self.num_prompts, self.embed_dim)
+        if self.num_prompts == 0 or tuple(prompts.shape) != expected:
+            raise ValueError(f"per-sample prompts of shape {tuple(prompts.shape)}, expected {expected}")
+
+    def features(self, images: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
+        """Pooled pre-logits (B, D); ``prompts``: optional per-sample prompts (B, L, M, D), see ``blocks``."""
+        x = self.embed(images)
+        return self.pool(self.blocks(x, class_token_only=self.readout == "token", prompts=prompts))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))
