@@ -60,6 +60,15 @@ class Settings(BaseSettings):
     progress_interval_seconds: float = Field(default=0.5, ge=0)
 
     inference_cache_size: int = Field(default=4, gt=0)
+    # Serving (app/serving): where predictions run, in what precision, and how requests are batched.
+    # "auto" = the first CUDA device when there is one, else the CPU.
+    inference_device: str = "auto"
+    inference_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    inference_max_batch_images: int = Field(default=32, gt=0)
+    inference_max_wait_ms: float = Field(default=5.0, ge=0)  # adaptive: at most half a forward
+    inference_max_queue_images: int = Field(default=512, gt=0)  # beyond: 503 + Retry-After
+    inference_max_tenant_images: int = Field(default=256, gt=0)  # one tenant's share in flight: else 429
+    inference_timeout_seconds: float = Field(default=30.0, gt=0)  # a request's deadline in the queue
     torch_threads: int | None = None
 
     @field_validator("database_url")

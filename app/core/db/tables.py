@@ -135,3 +135,29 @@ class TunedModel(Base):
     checkpoint_key: Mapped[str] = mapped_column(String(500))
     checkpoint_sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Classifier(Base):
+    """A zero-shot classifier: class names (and templates, backbone, optional tuned model) whose text
+    features were computed at creation and stored at ``text_features_key`` (app/text_features.py)."""
+
+    __tablename__ = "classifiers"
+    __table_args__ = (
+        Index("ix_classifiers_tenant_idempotency", "tenant_id", "idempotency_key", unique=True),
+    )
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    backbone: Mapped[str] = mapped_column(String(200))
+    classes: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    templates: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    # A plain column, no foreign key: deleting the model leaves the classifier, whose predictions then
+    # answer 409 model_deleted.
+    model_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    text_features_key: Mapped[str] = mapped_column(String(500))
+    text_features_sha256: Mapped[str] = mapped_column(String(64))
+    text_features_cached: Mapped[bool] = mapped_column(Boolean, default=False)
+    text_features_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    request_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)  # replays must match it
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,0 +1,59 @@
+"""What the repository modules share: their errors, one page of a tenant's rows, Idempotency-Key races."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.core.db.tables import Classifier, Dataset, Job, TunedModel
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was already used with a different request body."""
+
+
+class InvalidTransition(Exception):
+    """The job is in a state that does not allow the requested change."""
+
+
+Owned = TypeVar("Owned", Dataset, Job, TunedModel, Classifier)
+Keyed = TypeVar("Keyed", Dataset, Job, Classifier)  # the tables with an Idempotency-Key
+
+
+def owned_page(
+    session: Session, table: type[Owned], tenant_id: str, limit: int, offset: int, *conditions: Any
+) -> Sequence[Owned]:
+    """One page of a tenant's rows, newest first (id breaks ties so pages are stable)."""
+    query = (
+        select(table)
+        .where(table.tenant_id == tenant_id, *conditions)
+        .order_by(table.created_at.desc(), table.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    return session.scalars(query).all()
+
+
+def idempotency_race_winner(
+    session: Session,
+    error: IntegrityError,
+    key: str | None,
+    lookup: Callable[[str], Keyed | None],
+    same: Callable[[Keyed], bool],
+) -> Keyed:
+    """The row that won a race on the unique (tenant_id, idempotency_key) index, after our insert lost.
+
+    Rolls our insert back; re-raises ``error`` when it was not that race, and raises
+    :class:`IdempotencyConflict` when the winner was created from a different request.
+    """
+    session.rollback()
+    existing = lookup(key) if key is not None else None
+    if existing is None:
+        raise error
+    if not same(existing):
+        raise IdempotencyConflict(key) from None
+    return existing
