@@ -3,10 +3,15 @@
 Text features are the expensive part of zero-shot classification (one text-tower pass per class and
 template), so they are kept in a module-level LRU bounded by entries and bytes, keyed by
 (backbone arch + weights sha256, classes, templates, prompts identity + version, device).
+
+A caller that persists text features (the service does, per tenant) names them with
+``ZeroShotClassifier.text_feature_key()``, computes them with ``compute_text_features()`` (which bypasses
+that LRU) and seeds a classifier with ``set_text_features()``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import uuid
 from collections import OrderedDict
@@ -72,6 +77,30 @@ def _identity(obj: Any) -> str:
     return str(token)
 
 
+def _parameters_sha256(model: torch.nn.Module) -> str:
+    """sha256 over a module's state (names, dtypes, shapes, bytes); memoised on the module (frozen)."""
+    digest = getattr(model, "_promptune_parameters_sha256", None)
+    if digest is None:
+        h = hashlib.sha256()
+        for name, tensor in sorted(model.state_dict().items()):
+            data = tensor.detach().cpu().contiguous().reshape(-1)
+            h.update(f"{name}|{data.dtype}|{tuple(tensor.shape)}|".encode())
+            h.update(data.view(torch.uint8).numpy().tobytes())
+        digest = h.hexdigest()
+        object.__setattr__(model, "_promptune_parameters_sha256", digest)
+    return str(digest)
+
+
+def backbone_identity(backbone: Backbone) -> dict[str, Any]:
+    """JSON naming a backbone's weights across processes: the weights file's sha256; for random init
+    (no file) the spec without its registry name and a digest of the parameters, so that two random
+    initialisations never pass for each other."""
+    if backbone.weights_sha256:
+        return {"arch": backbone.spec.arch, "weights_sha256": backbone.weights_sha256}
+    spec = {k: v for k, v in backbone.spec.to_dict().items() if k != "name"}
+    return {"spec": spec, "parameters_sha256": _parameters_sha256(backbone.model)}
+
+
 def predict_topk(logits: torch.Tensor, class_names: Sequence[str], k: int = 5) -> list[dict[str, Any]]:
     """Per row: ``{"label", "score", "top_k": [{"label", "score"}, ...]}`` with softmax probabilities."""
     if logits.ndim != 2 or logits.shape[1] != len(class_names):
@@ -123,6 +152,7 @@ class ZeroShotClassifier:
         self.class_names = names
         self.templates = templates
         self.method = method
+        self._seeded: tuple[tuple[int, ...], torch.Tensor] | None = None  # (prompt versions, features)
 
     @property
     def model(self) -> Any:
@@ -144,13 +174,55 @@ class ZeroShotClassifier:
             prompts = (method_id, versions)
         return (spec.arch, weights, tuple(self.class_names), tuple(self.templates), prompts, str(self.device))
 
+    def _prompt_versions(self) -> tuple[int, ...]:
+        if self.method is None:
+            return ()
+        return tuple(p._version for p in self.method.learned_parameters().values())
+
+    def text_feature_key(self, prompts_sha256: str | None = None) -> dict[str, Any]:
+        """JSON values that determine :meth:`text_features` in any process: the backbone's weights
+        (:func:`backbone_identity`), the class names, the templates and, with a method, its prompts.
+
+        Args:
+            prompts_sha256: what names the method's learned prompts (its checkpoint's sha256); defaults to
+                the method's ``checkpoint_sha256`` attribute. Required with a method, ignored without.
+        """
+        if self.method is not None:
+            prompts_sha256 = prompts_sha256 or getattr(self.method, "checkpoint_sha256", None)
+            if not prompts_sha256:
+                raise ConfigError("prompts_sha256", "name the checkpoint of the method's prompts")
+        return {
+            "backbone": backbone_identity(self.backbone),
+            "class_names": list(self.class_names),
+            "templates": list(self.templates),
+            "prompts_sha256": prompts_sha256 if self.method is not None else None,
+        }
+
+    def set_text_features(self, features: torch.Tensor) -> None:
+        """Seed this classifier with precomputed (C, d) text features (e.g. read back from a store).
+
+        :meth:`text_features` returns them (on this classifier's device) until a method's prompts change,
+        without touching the process-wide cache. Raises DataError unless the shape fits the classes and the
+        model's embedding width and every value is finite.
+        """
+        width = getattr(getattr(self.model, "visual", None), "output_dim", None)
+        if (
+            not isinstance(features, torch.Tensor)
+            or not features.is_floating_point()
+            or features.ndim != 2
+            or features.shape[0] != len(self.class_names)
+            or (isinstance(width, int) and features.shape[1] != width)
+        ):
+            shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
+            raise DataError(f"text features {shape} do not fit {len(self.class_names)} classes x {width}")
+        if not bool(torch.isfinite(features).all()):
+            raise DataError("text features hold non-finite values")
+        self._seeded = (self._prompt_versions(), features.detach().to(self.device))
+
     @torch.no_grad()
-    def text_features(self) -> torch.Tensor:
-        """(C, d) normalised class text features (cached)."""
-        key = self._cache_key()
-        cached = _cache_get(key)
-        if cached is not None:
-            return cached
+    def compute_text_features(self) -> torch.Tensor:
+        """(C, d) normalised class text features, computed now (the process-wide cache is neither read
+        nor written)."""
         if self.method is not None:
             features = self.method.encode_text_features(self.class_names, self.templates)
         else:
@@ -159,7 +231,18 @@ class ZeroShotClassifier:
             features = template_text_features(
                 self.model.encode_text, self.backbone.tokenizer, self.class_names, self.templates, self.device
             )
-        features = features.detach()
+        return features.detach()
+
+    @torch.no_grad()
+    def text_features(self) -> torch.Tensor:
+        """(C, d) normalised class text features: the seeded ones, else cached per process."""
+        if self._seeded is not None and self._seeded[0] == self._prompt_versions():
+            return self._seeded[1]
+        key = self._cache_key()
+        cached = _cache_get(key)
+        if cached is not None:
+            return cached
+        features = self.compute_text_features()
         _cache_put(key, features)
         return features
 

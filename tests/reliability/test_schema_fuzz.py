@@ -11,25 +11,48 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 
 from app.main import create_app
+from tests.api.helpers import png_bytes
+from tests.reliability import fuzz
 from tests.reliability.fuzz import fuzz_app
 from tests.reliability.live import live_server
-from tests.reliability.world import build_world, world_settings
+from tests.reliability.world import World, build_world, world_settings
 from tests.services import RedisServer
 
 EXAMPLES = int(os.environ.get("PROMPTUNE_FUZZ_EXAMPLES", "25"))
 
 
-def test_schemathesis_every_operation(db_url: str, redis_server: RedisServer, tmp_path: Path) -> None:
+def with_classifier_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The world's classifier id for ``classifier_id`` path parameters, and a well-formed predict body."""
+    id_values, fixed_bodies = fuzz._id_values, fuzz._fixed_bodies
+
+    def ids(world: World) -> dict[str, list[str]]:
+        return {**id_values(world), "classifier_id": [world.classifier_id] if world.classifier_id else []}
+
+    def bodies(label: str, world: World) -> list[dict[str, Any]]:
+        if label == "POST /v1/classifiers/{classifier_id}/predict":
+            return [{"images": [png_bytes(size=32)], "top_k": "2"}]
+        return fixed_bodies(label, world)
+
+    monkeypatch.setattr(fuzz, "_id_values", ids)
+    monkeypatch.setattr(fuzz, "_fixed_bodies", bodies)
+
+
+def test_schemathesis_every_operation(
+    db_url: str, redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = world_settings(tmp_path / "world", database_url=db_url, redis_url=redis_server.url)
     app = create_app(settings, enqueue=lambda _: None)
     openapi = app.openapi()
     documented = {f"{method.upper()} {path}" for path, item in openapi["paths"].items() for method in item}
     with live_server(app) as base, httpx.Client(base_url=base, timeout=60) as client:
-        world = build_world(client, settings, rpp=True)
+        world = build_world(client, settings, rpp=True, classifier=True)
+        with_classifier_ids(monkeypatch)
         report = fuzz_app(openapi, world, base, EXAMPLES)
     print(f"\n{db_url.split(':')[0]}, {EXAMPLES} examples per operation: {report.summary()}")
     print(report.table())

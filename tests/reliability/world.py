@@ -43,6 +43,7 @@ class World:
     spt_model_id: str
     rpp_model_id: str | None = None
     job_ids: dict[str, str] = field(default_factory=dict)  # role -> id: spt, rpp, queued, init_from
+    classifier_id: str | None = None
 
     @property
     def headers(self) -> dict[str, str]:
@@ -137,10 +138,12 @@ def build_world(
     rpp: bool = False,
     queued_job: bool = True,
     tenant: str = "fuzz",
+    classifier: bool = False,
 ) -> World:
     """A tenant with a dataset, a trained SPT model, optionally a trained RPP model, and queued jobs.
 
     The queued jobs: an SPT one, and with ``rpp`` an RPP one whose ``init_from`` names the RPP model.
+    With ``classifier``, a zero-shot classifier (on tiny-clip) created through the API.
     """
     key = create_key(settings, tenant)
     headers = auth(key)
@@ -155,6 +158,11 @@ def build_world(
         if world.rpp_model_id:  # a queued job that starts from the RPP model: deleting it must be refused
             config = {**RPP_CONFIG, "init_from": world.rpp_model_id}
             jobs["init_from"] = create_job(client, headers, dataset_id, "rpp", config)
+    if classifier:
+        body = {"classes": list(CLASSES), "backbone": "tiny-clip", "name": "colors"}
+        response = client.post("/v1/classifiers", headers=headers, json=body)
+        assert response.status_code == 201, response.text
+        world.classifier_id = str(response.json()["id"])
     return world
 
 

@@ -1,12 +1,14 @@
 """Authentication and tenant isolation on every /v1 route, enumerated from ``app.routes``.
 
-Tenant B owns a real dataset (uploaded), a real queued job (created through the API) and a real tuned
-model (a checkpoint saved by ``models.save_checkpoint`` and put in the app's storage). Then:
+Tenant B owns a real dataset (uploaded), a real queued job (created through the API), a real tuned
+model (a checkpoint saved by ``models.save_checkpoint`` and put in the app's storage) and a real zero-shot
+classifier (created through the API, its text features stored). Then:
 
 - every (route, method) of the /v1 API answers 401 ``unauthorized`` to a missing, malformed, unknown,
   wrong-secret or revoked key, with its path ids filled with tenant B's real ids;
 - tenant A's valid key on every route that takes an id (in the path, or in the body/form for job
-  creation and zero-shot prediction) gets 404 ``not_found`` for every one of tenant B's ids;
+  creation, classifier creation and zero-shot prediction) gets 404 ``not_found`` for every one of tenant
+  B's ids;
 - tenant B's rows, events and stored files are byte-for-byte the same afterwards, and nothing was
   enqueued on A's behalf. Tenant B's own key on the same GET routes gets 200 (the ids are real).
 """
@@ -25,7 +27,7 @@ from sqlalchemy import select
 
 from app.core.db import repo
 from app.core.db.session import session_scope
-from app.core.db.tables import Dataset, Job, JobEvent, TunedModel
+from app.core.db.tables import Classifier, Dataset, Job, JobEvent, TunedModel
 from app.core.security import generate_key
 from app.core.settings import Settings
 from app.core.storage import model_key
@@ -33,7 +35,7 @@ from tests.api.helpers import auth, image_folder_zip, png_bytes
 from tests.api.test_datasets import assert_error
 from tests.tiny import tiny_vit_spec
 
-ID_PARAMS = ("dataset_id", "job_id", "model_id")
+ID_PARAMS = ("dataset_id", "job_id", "model_id", "classifier_id")
 # Path parameters that name something every tenant shares (a registered method), not a tenant's object:
 # they get a real value in every check, and the cross-tenant check has nothing to swap in them.
 SHARED_PARAMS = {"name": "spt"}
@@ -104,6 +106,10 @@ def request_kwargs(method: str, template: str, body_ids: dict[str, str]) -> dict
         return {"files": image}
     if (method, template) == ("POST", "/v1/predict/zero-shot"):
         return {"files": image, "data": {"classes": '["cat", "dog"]', "model_id": body_ids["model_id"]}}
+    if (method, template) == ("POST", "/v1/classifiers"):
+        return {"json": {"classes": ["cat", "dog"], "model_id": body_ids["model_id"]}}
+    if (method, template) == ("POST", "/v1/classifiers/{classifier_id}/predict"):
+        return {"files": image}
     return {}
 
 
@@ -144,7 +150,16 @@ def tenant_b_objects(
             session=session, job_id=job.json()["id"], level="info", type="message", message="b"
         )
     client.app.state.storage.put_file(key, path)
-    return {"dataset_id": dataset.json()["id"], "job_id": job.json()["id"], "model_id": model_id}
+    classifier = client.post(
+        "/v1/classifiers", headers=headers_b, json={"classes": ["cat", "dog"], "backbone": "tiny-clip"}
+    )
+    assert classifier.status_code == 201, classifier.text
+    return {
+        "dataset_id": dataset.json()["id"],
+        "job_id": job.json()["id"],
+        "model_id": model_id,
+        "classifier_id": classifier.json()["id"],
+    }
 
 
 def snapshot(database_url: str, tenant_name: str, storage_root: Path) -> dict[str, Any]:
@@ -158,7 +173,8 @@ def snapshot(database_url: str, tenant_name: str, storage_root: Path) -> dict[st
         tenant = repo.get_tenant_by_name(session=session, name=tenant_name)
         assert tenant is not None
         tenant_id = tenant.id
-        state: dict[str, Any] = {t.__tablename__: rows(session, t) for t in (Dataset, Job, TunedModel)}
+        tables = (Dataset, Job, TunedModel, Classifier)
+        state: dict[str, Any] = {t.__tablename__: rows(session, t) for t in tables}
         job_ids = [j["id"] for j in state["jobs"]]
         events = session.scalars(select(JobEvent).where(JobEvent.job_id.in_(job_ids)).order_by(JobEvent.id))
         state["job_events"] = [(e.id, e.job_id, e.type, e.message) for e in events]
@@ -194,7 +210,7 @@ def revoked_key(database_url: str, tenant_name: str) -> str:
     return key
 
 
-BODY_ID_OPERATIONS = [("POST", "/v1/jobs"), ("POST", "/v1/predict/zero-shot")]
+BODY_ID_OPERATIONS = [("POST", "/v1/jobs"), ("POST", "/v1/predict/zero-shot"), ("POST", "/v1/classifiers")]
 
 
 def check_bad_keys(client: TestClient, operations, ids: dict[str, str], headers_by_label) -> int:
