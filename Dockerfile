@@ -1,6 +1,7 @@
 # One image for the API and the GPU worker (the command differs; see docker-compose.yml).
 # The pins in requirements.txt include torch 2.14.1 (a CUDA 13 build): the worker uses the GPU when the
-# container gets one (NVIDIA Container Toolkit), the API runs inference on the CPU unless given one too.
+# container gets one (NVIDIA Container Toolkit); the API runs predictions where PROMPTUNE_INFERENCE_DEVICE
+# says (auto: the GPU when the container has one; the api-gpu service in docker-compose.yml).
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -24,6 +25,7 @@ COPY models ./models
 COPY app ./app
 COPY worker ./worker
 COPY migrations ./migrations
+COPY devstack ./devstack
 RUN pip install --no-deps .
 
 USER promptune

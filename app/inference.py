@@ -2,14 +2,17 @@
 
 Three caches (each ``settings.inference_cache_size`` entries): loaded backbones (by registry name and
 spec), tuned methods loaded from checkpoints (by model id and checkpoint sha256, sharing the cached
-backbone), and zero-shot classifiers (by backbone, class names, templates and optional RPP model).
+backbone), and zero-shot classifiers (by tenant, backbone, class names, templates and optional RPP model;
+their text features persisted per tenant by app/text_features.py).
 Every request runs ONE forward pass over all of its images.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Generic, TypeVar
@@ -17,6 +20,7 @@ from typing import Any, Generic, TypeVar
 import torch
 from PIL import Image
 
+from app.text_features import TextFeatureEntry, TextFeatureStore
 from models import BackboneSpec
 
 V = TypeVar("V")
@@ -68,7 +72,10 @@ def _spec_key(spec: BackboneSpec) -> str:
 
 
 class InferenceCache:
-    def __init__(self, size: int) -> None:
+    """Loaded backbones, tuned methods and zero-shot classifiers, placed on ``device``."""
+
+    def __init__(self, size: int, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
         self.backbones: LRUCache[Any] = LRUCache(size)
         self.methods: LRUCache[Any] = LRUCache(size)
         self.classifiers: LRUCache[Any] = LRUCache(size)
@@ -76,7 +83,12 @@ class InferenceCache:
     def backbone(self, spec: BackboneSpec) -> Any:
         from models import load_backbone
 
-        return self.backbones.get_or_load(("backbone", _spec_key(spec)), lambda: load_backbone(spec))
+        def load() -> Any:
+            backbone = load_backbone(spec)
+            backbone.model.to(self.device)
+            return backbone
+
+        return self.backbones.get_or_load(("backbone", _spec_key(spec)), load)
 
     def tuned_method(self, *, model_id: str, sha256: str, checkpoint_path: str, spec: BackboneSpec) -> Any:
         """A tuned method from its checkpoint, on the cached backbone.
@@ -92,30 +104,74 @@ class InferenceCache:
             backbone = self.backbone(spec)
             # load_checkpoint hashes the file again: it may have changed since the check above.
             method = load_checkpoint(checkpoint_path, backbone=backbone, expected_sha256=sha256)
+            method.to(self.device)
             method.eval()
             return method
 
         return self.methods.get_or_load(("method", model_id, sha256), load)
 
-    def zero_shot(
+    def zero_shot_features(
         self,
         *,
+        tenant_id: str,
+        store: TextFeatureStore,
         spec: BackboneSpec,
         classes: Sequence[str],
         templates: Sequence[str] | None,
         method: Any = None,
-        method_key: Hashable = None,
-    ) -> Any:
+        prompts_sha256: str | None = None,
+    ) -> tuple[Any, TextFeatureEntry]:
+        """A zero-shot classifier with its text features in place, and where they came from.
+
+        Cached per tenant (like the store: a cache hit never reveals another tenant's class names). On a
+        miss the tenant's stored text features are read from ``store``, else computed and stored.
+        ``prompts_sha256`` (the checkpoint's sha256) names the prompts of ``method``; it is required with one.
+        """
         from models import ZeroShotClassifier
 
-        key = ("zero-shot", _spec_key(spec), tuple(classes), tuple(templates or ()), method_key)
-        backbone = self.backbone(spec)
-        return self.classifiers.get_or_load(
-            key,
-            lambda: ZeroShotClassifier(
-                backbone, list(classes), templates=list(templates) if templates else None, method=method
-            ),
+        if method is not None and not prompts_sha256:
+            raise ValueError("a method's prompts are named by prompts_sha256")
+        names, ensemble = tuple(classes), tuple(templates or ())
+        key = ("zero-shot", tenant_id, _spec_key(spec), names, ensemble, prompts_sha256)
+        loaded = False
+
+        def load() -> tuple[Any, TextFeatureEntry]:
+            nonlocal loaded
+            loaded = True
+            backbone = self.backbone(spec)
+            classifier = ZeroShotClassifier(
+                backbone, list(names), templates=list(ensemble) or None, method=method
+            )
+            return classifier, store.attach(classifier, tenant_id=tenant_id, prompts_sha256=prompts_sha256)
+
+        started = time.perf_counter()
+        classifier, entry = self.classifiers.get_or_load(key, load)
+        if not loaded:  # this process had them already
+            entry = dataclasses.replace(entry, cached=True, seconds=time.perf_counter() - started)
+        return classifier, entry
+
+    def zero_shot(
+        self,
+        *,
+        tenant_id: str,
+        store: TextFeatureStore,
+        spec: BackboneSpec,
+        classes: Sequence[str],
+        templates: Sequence[str] | None,
+        method: Any = None,
+        prompts_sha256: str | None = None,
+    ) -> Any:
+        """:meth:`zero_shot_features`' classifier."""
+        classifier, _ = self.zero_shot_features(
+            tenant_id=tenant_id,
+            store=store,
+            spec=spec,
+            classes=classes,
+            templates=templates,
+            method=method,
+            prompts_sha256=prompts_sha256,
         )
+        return classifier
 
 
 def images_to_batch(images: Sequence[Image.Image], backbone: Any) -> torch.Tensor:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from fastapi import FastAPI
 
 from app.api.errors import install_error_handlers
-from app.api.routes import backbones, datasets, health, jobs, methods, predict, tuned_models
+from app.api.routes import backbones, classifiers, datasets, health, jobs, methods, predict, tuned_models
 from app.core.backbones import RegistryFile
 from app.core.db import repo
 from app.core.db.session import get_engine, session_factory
@@ -21,6 +21,7 @@ from app.core.settings import Settings, get_settings
 from app.core.storage import make_storage
 from app.inference import InferenceCache
 from app.metrics import Metrics, MetricsMiddleware
+from app.serving.engine import InferenceEngine
 
 log = logging.getLogger("promptune.api")
 
@@ -46,7 +47,8 @@ def create_app(settings: Settings | None = None, *, enqueue: Callable[[str], Non
     app.state.sessionmaker = session_factory(url)
     app.state.storage = make_storage(settings.storage_url, settings.data_dir)
     app.state.backbones = RegistryFile(settings.backbones_file)
-    app.state.inference = InferenceCache(settings.inference_cache_size)
+    app.state.serving = InferenceEngine(settings)
+    app.state.inference = InferenceCache(settings.inference_cache_size, device=app.state.serving.device)
     app.state.enqueue = enqueue or enqueue_job
 
     def count_jobs() -> dict[str, int]:
@@ -54,9 +56,10 @@ def create_app(settings: Settings | None = None, *, enqueue: Callable[[str], Non
             return repo.count_jobs_by_status(session=session)
 
     app.state.metrics = Metrics(count_jobs)
+    app.state.serving.instrument(app.state.metrics.registry)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)
-    for module in (health, datasets, backbones, methods, jobs, tuned_models, predict):
+    for module in (health, datasets, backbones, methods, jobs, tuned_models, predict, classifiers):
         app.include_router(module.router)
     return app
 

@@ -19,6 +19,7 @@ from app.core.db.tables import Tenant
 from app.core.settings import Settings
 from app.core.storage import Storage
 from app.inference import InferenceCache
+from app.serving.engine import InferenceEngine
 
 _BEARER_HEADERS = {"WWW-Authenticate": "Bearer"}
 
@@ -47,11 +48,16 @@ def get_inference(request: Request) -> InferenceCache:
     return request.app.state.inference
 
 
+def get_serving(request: Request) -> InferenceEngine:
+    return request.app.state.serving
+
+
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 RegistryDep = Annotated[BackboneRegistry, Depends(get_registry)]
 InferenceDep = Annotated[InferenceCache, Depends(get_inference)]
+ServingDep = Annotated[InferenceEngine, Depends(get_serving)]
 
 
 def get_tenant(request: Request, session: SessionDep) -> Tenant:

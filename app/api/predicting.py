@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from PIL import Image
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from app.api.errors import ApiError, not_found
 from app.api.uploads import MultipartForm
@@ -18,7 +21,9 @@ from app.core.settings import Settings
 from app.core.status import ACTIVE_STATUSES
 from app.core.storage import Storage, StorageError
 from app.ingest.images import ImageRejected, decode_image
-from models import BackboneSpec
+from app.serving.engine import InferenceEngine, Overloaded
+from app.serving.lane import DeadlineExceeded
+from models import BackboneSpec, PromptuneError, predict_topk
 
 log = logging.getLogger("promptune.api")
 CHECKPOINT_ERROR_CODES = ("checksum_mismatch", "invalid_checkpoint")
@@ -122,3 +127,29 @@ def verify_stored_checkpoint(row: TunedModel, path: Path) -> None:
 
 def as_predictions(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"predictions": rows}
+
+
+async def run_prediction(
+    engine: InferenceEngine,
+    prepare: Callable[[], tuple[Any, torch.Tensor, list[str]]],
+    *,
+    backbone: str,
+    tenant_id: str,
+    top_k: int,
+    model_id: str | None = None,
+) -> dict[str, Any]:
+    """Predictions through the serving engine: ``prepare`` (in the threadpool: model loading and image
+    transforms are CPU work) gives the target, its preprocessed images and its class names; the forward
+    runs batched with other requests on ``backbone``'s lane."""
+    try:
+        target, batch, class_names = await run_in_threadpool(prepare)
+        logits = await engine.logits(backbone=backbone, target=target, images=batch, tenant_id=tenant_id)
+    except PromptuneError as exc:
+        raise library_error(exc, model_id=model_id) from None
+    except Overloaded as exc:
+        raise ApiError(
+            exc.status, exc.code, exc.message, headers={"Retry-After": str(exc.retry_after)}
+        ) from None
+    except DeadlineExceeded as exc:
+        raise ApiError(503, exc.code, exc.message, headers={"Retry-After": "1"}) from None
+    return as_predictions(predict_topk(logits, class_names, top_k))

@@ -148,7 +148,8 @@ def test_concurrent_uploads_with_one_key_store_one_dataset(
         calls.append(kwargs["key"])
         return None if len(calls) == 1 else lookup(**kwargs)  # the route's lookup misses the winner's row
 
-    monkeypatch.setattr(repo, "get_dataset_by_idempotency_key", not_yet_inserted)
+    monkeypatch.setattr(repo, "get_dataset_by_idempotency_key", not_yet_inserted)  # what the route calls
+    monkeypatch.setattr(repo.datasets, "get_dataset_by_idempotency_key", not_yet_inserted)  # the re-read
     loser = upload(
         client, headers_a, data if same_upload else image_folder_zip({"red": 4, "blue": 3}), key="race"
     )

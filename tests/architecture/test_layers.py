@@ -11,7 +11,16 @@ import pytest
 
 from tests.architecture.imports import Edge, file_cycles, import_graph, within
 
-HTTP = ("app.api", "app.main", "app.schemas", "app.inference", "app.ingest", "app.metrics", "app.cli")
+HTTP = (
+    "app.api",
+    "app.main",
+    "app.schemas",
+    "app.inference",
+    "app.serving",
+    "app.ingest",
+    "app.metrics",
+    "app.cli",
+)
 HTTP_LIBRARIES = ("fastapi", "starlette", "uvicorn")
 SERVICE_LIBRARIES = (
     "fastapi",

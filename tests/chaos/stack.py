@@ -145,9 +145,7 @@ class ChaosStack:
             time.sleep(POLL_SECONDS)
 
     def wait_terminal(self, job_id: str, *, timeout: float = 180.0) -> dict[str, Any]:
-        return self.wait(
-            job_id, lambda j: j["status"] in TERMINAL_STATUSES, timeout=timeout
-        )
+        return self.wait(job_id, lambda j: j["status"] in TERMINAL_STATUSES, timeout=timeout)
 
     def wait_step(
         self, job_id: str, fraction: float, *, timeout: float = 120.0

@@ -8,23 +8,25 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import torch
 from fastapi import APIRouter, Request
 from PIL import Image
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import InferenceDep, RegistryDep, SessionDep, SettingsDep, StorageDep, TenantDep
+from app.api.deps import InferenceDep, RegistryDep, ServingDep, SessionDep, SettingsDep, StorageDep, TenantDep
 from app.api.errors import ApiError, error_responses
-from app.api.predicting import as_predictions, library_error, parse_top_k, read_images, ready_model
+from app.api.predicting import parse_top_k, read_images, ready_model, run_prediction
 from app.api.uploads import MultipartForm, multipart_openapi, read_multipart
 from app.core.backbones import BackboneRegistry
 from app.core.db.tables import TunedModel
 from app.core.job_plan import JobConfigError, resolve_backbone
 from app.core.settings import Settings
 from app.core.storage import Storage
-from app.inference import predict_zero_shot
+from app.inference import images_to_batch
 from app.schemas import PredictionResponse
-from models import BackboneSpec, PromptuneError, method_entries
+from app.text_features import TextFeatureStore
+from models import BackboneSpec, method_entries
 
 router = APIRouter(prefix="/v1/predict", tags=["predict"], responses=error_responses(401, 422))
 
@@ -132,14 +134,19 @@ def _zero_shot_model(
     return row, checkpoint
 
 
-def _zero_shot_backbone(name: str | None, registry: BackboneRegistry, settings: Settings) -> BackboneSpec:
+def _zero_shot_backbone(
+    name: str | None, registry: BackboneRegistry, settings: Settings
+) -> tuple[str, BackboneSpec]:
+    """The backbone's registry name and spec (the default open_clip backbone when none is named)."""
     name = name or registry.default_for(ZERO_SHOT_FAMILY, settings.default_backbone)
     if name is None:
         raise ApiError(
             422, "unknown_backbone", "no open_clip backbone is registered on this server", param="backbone"
         )
     try:
-        return resolve_backbone(name, registry.specs, family=ZERO_SHOT_FAMILY, user="zero-shot prediction")
+        return name, resolve_backbone(
+            name, registry.specs, family=ZERO_SHOT_FAMILY, user="zero-shot prediction"
+        )
     except JobConfigError as exc:
         raise ApiError(422, exc.code, exc.message, param="backbone") from None
 
@@ -158,6 +165,7 @@ async def zero_shot(
     storage: StorageDep,
     registry: RegistryDep,
     inference: InferenceDep,
+    engine: ServingDep,
 ) -> dict[str, Any]:
     body = await _read_request(request, settings)
     row = checkpoint = None
@@ -166,21 +174,28 @@ async def zero_shot(
         row, checkpoint = await run_in_threadpool(
             partial(_zero_shot_model, body, session=session, tenant_id=tenant.id, storage=storage)
         )
-    spec = _zero_shot_backbone(row.backbone if row is not None else body.backbone, registry, settings)
+    name, spec = _zero_shot_backbone(row.backbone if row is not None else body.backbone, registry, settings)
 
-    def run() -> list[dict[str, Any]]:
-        method = method_key = None
+    def prepare() -> tuple[Any, torch.Tensor, list[str]]:
+        method = prompts_sha256 = None
         if row is not None:
             method = inference.tuned_method(
                 model_id=row.id, sha256=row.checkpoint_sha256, checkpoint_path=str(checkpoint), spec=spec
             )
-            method_key = (row.id, row.checkpoint_sha256)
-        classifier = inference.zero_shot(
-            spec=spec, classes=body.classes, templates=body.templates, method=method, method_key=method_key
+            prompts_sha256 = row.checkpoint_sha256
+        classifier = inference.zero_shot(  # text features: persisted per tenant (app/text_features.py)
+            tenant_id=tenant.id,
+            store=TextFeatureStore(storage),
+            spec=spec,
+            classes=body.classes,
+            templates=body.templates,
+            method=method,
+            prompts_sha256=prompts_sha256,
         )
-        return predict_zero_shot(classifier, body.images, body.top_k)
+        classifier.text_features()  # computed (or found) here, in the threadpool, not in the lane
+        return classifier, images_to_batch(body.images, classifier.backbone), list(classifier.class_names)
 
-    try:
-        return as_predictions(await run_in_threadpool(run))
-    except PromptuneError as exc:
-        raise library_error(exc, model_id=row.id if row is not None else None) from None
+    model_id = row.id if row is not None else None
+    return await run_prediction(
+        engine, prepare, backbone=name, tenant_id=tenant.id, top_k=body.top_k, model_id=model_id
+    )

@@ -3,27 +3,27 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
+import torch
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import InferenceDep, RegistryDep, SessionDep, SettingsDep, StorageDep, TenantDep
+from app.api.deps import InferenceDep, RegistryDep, ServingDep, SessionDep, SettingsDep, StorageDep, TenantDep
 from app.api.errors import ApiError, error_responses, not_found
 from app.api.predicting import (
-    as_predictions,
-    library_error,
     model_backbone_spec,
     parse_top_k,
     read_images,
     ready_model,
+    run_prediction,
     verify_stored_checkpoint,
 )
 from app.api.uploads import multipart_openapi, read_multipart
 from app.core.db import repo
-from app.inference import predict_tuned
+from app.inference import images_to_batch
 from app.schemas import MAX_SQL_INTEGER, ErrorResponse, PredictionResponse, TunedModelPublic
-from models import PromptuneError
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=error_responses(401, 422))
 
@@ -111,7 +111,8 @@ async def predict(
     storage: StorageDep,
     registry: RegistryDep,
     inference: InferenceDep,
-) -> dict[str, object]:
+    engine: ServingDep,
+) -> dict[str, Any]:
     # In the threadpool: a blocking database call on the event loop can deadlock it under load.
     row, checkpoint = await run_in_threadpool(
         partial(
@@ -136,14 +137,13 @@ async def predict(
     finally:
         form.cleanup()
 
-    def run() -> list[dict[str, object]]:
+    def prepare() -> tuple[Any, torch.Tensor, list[str]]:
         spec = model_backbone_spec(row, checkpoint, registry)
         method = inference.tuned_method(
             model_id=row.id, sha256=row.checkpoint_sha256, checkpoint_path=str(checkpoint), spec=spec
         )
-        return predict_tuned(method, images, top_k)
+        return method, images_to_batch(images, method.backbone), list(method.class_names)
 
-    try:
-        return as_predictions(await run_in_threadpool(run))
-    except PromptuneError as exc:
-        raise library_error(exc, model_id=row.id) from None
+    return await run_prediction(
+        engine, prepare, backbone=row.backbone, tenant_id=tenant.id, top_k=top_k, model_id=row.id
+    )
