@@ -1,8 +1,9 @@
 """One backbone's request queue and the thread that turns it into batched forwards.
 
-Requests wait at most ``max_wait`` for company: the wait adapts to the observed forward time (a batch
-never waits longer than about half a forward, since requests that arrive during a forward join the next
-batch anyway), up to ``max_batch_images`` images. A batch runs as one call of ``run_batch`` (shared
+Requests wait at most ``max_wait`` for company, and only when company is likely: the wait adapts to the
+observed forward time (never longer than about half a forward, since requests that arrive during a forward
+join the next batch anyway) and to the observed gap between arrivals (a lone client is never kept
+waiting for a second request that will not come within the wait), up to ``max_batch_images`` images. A batch runs as one call of ``run_batch`` (shared
 forwards across tuned models, ``models.batched_logits``); when that call fails, each request runs alone so
 that a failing model or input fails only its own request.
 """
@@ -75,6 +76,8 @@ class Lane:
         self.max_batch_images, self.max_wait = max_batch_images, max_wait
         self.on_batch = on_batch
         self.forward_estimate = 0.0  # EWMA of a batch's forward seconds
+        self.arrival_gap = float("inf")  # EWMA of the seconds between two requests' arrivals
+        self._last_arrival: float | None = None
         self._queue: deque[WorkItem] = deque()
         self._queued_images = 0
         self._cond = threading.Condition()
@@ -88,6 +91,10 @@ class Lane:
 
     def put(self, item: WorkItem) -> None:
         with self._cond:
+            if self._last_arrival is not None:
+                gap = item.enqueued_at - self._last_arrival
+                self.arrival_gap = gap if self.arrival_gap == float("inf") else _ewma(self.arrival_gap, gap)
+            self._last_arrival = item.enqueued_at
             self._queue.append(item)
             self._queued_images += item.size
             self._cond.notify()
@@ -113,7 +120,8 @@ class Lane:
                         item.future.set_exception(exc)
 
     def _wait_budget(self) -> float:
-        return min(self.max_wait, 0.5 * self.forward_estimate) if self.forward_estimate else self.max_wait
+        budget = min(self.max_wait, 0.5 * self.forward_estimate) if self.forward_estimate else self.max_wait
+        return budget if self.arrival_gap < budget else 0.0  # no company expected within the budget
 
     def _next_batch(self) -> list[WorkItem] | None:
         with self._cond:
@@ -147,11 +155,7 @@ class Lane:
         start = time.monotonic()
         self._forward(live)
         seconds = time.monotonic() - start
-        self.forward_estimate = (
-            seconds
-            if not self.forward_estimate
-            else (1 - EWMA_WEIGHT) * self.forward_estimate + EWMA_WEIGHT * seconds
-        )
+        self.forward_estimate = _ewma(self.forward_estimate, seconds) if self.forward_estimate else seconds
         if self.on_batch is not None:
             waited = [start - item.enqueued_at for item in live]
             report = BatchReport(
@@ -175,3 +179,7 @@ class Lane:
             return
         for item, logits in zip(items, outputs, strict=True):
             item.future.set_result(logits)
+
+
+def _ewma(estimate: float, sample: float) -> float:
+    return (1 - EWMA_WEIGHT) * estimate + EWMA_WEIGHT * sample

@@ -133,17 +133,18 @@ async def predict(
     )
     try:
         top_k = parse_top_k(form, settings)
-        images = await run_in_threadpool(read_images, form, settings)  # decoding is CPU work
+
+        def prepare() -> tuple[Any, torch.Tensor, list[str]]:
+            # One threadpool hop for the CPU work: decoding, the (cached) model and the transforms.
+            images = read_images(form, settings)
+            spec = model_backbone_spec(row, checkpoint, registry)
+            method = inference.tuned_method(
+                model_id=row.id, sha256=row.checkpoint_sha256, checkpoint_path=str(checkpoint), spec=spec
+            )
+            return method, images_to_batch(images, method.backbone), list(method.class_names)
+
+        return await run_prediction(
+            engine, prepare, backbone=row.backbone, tenant_id=tenant.id, top_k=top_k, model_id=row.id
+        )
     finally:
         form.cleanup()
-
-    def prepare() -> tuple[Any, torch.Tensor, list[str]]:
-        spec = model_backbone_spec(row, checkpoint, registry)
-        method = inference.tuned_method(
-            model_id=row.id, sha256=row.checkpoint_sha256, checkpoint_path=str(checkpoint), spec=spec
-        )
-        return method, images_to_batch(images, method.backbone), list(method.class_names)
-
-    return await run_prediction(
-        engine, prepare, backbone=row.backbone, tenant_id=tenant.id, top_k=top_k, model_id=row.id
-    )
