@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from fastapi import Request
 from PIL import Image
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.api.errors import ApiError, not_found
-from app.api.uploads import MultipartForm
+from app.api.uploads import MultipartForm, read_multipart
 from app.core.backbones import BackboneRegistry
 from app.core.db import repo
 from app.core.db.tables import TunedModel
@@ -48,6 +49,20 @@ def read_images(form: MultipartForm, settings: Settings) -> list[Image.Image]:
                 422, exc.code, f"images[{index}] ({upload.filename}): {exc.message}", param="images"
             ) from None
     return images
+
+
+async def read_predict_form(
+    request: Request, settings: Settings, text_fields: frozenset[str] = frozenset({"top_k"})
+) -> MultipartForm:
+    """A prediction request's multipart body: up to ``max_predict_images`` files in ``images`` and the
+    route's text fields, under the upload byte cap. The caller calls ``form.cleanup()``."""
+    return await read_multipart(
+        request,
+        max_bytes=settings.max_upload_bytes,
+        tmp_root=settings.data_dir / "tmp",
+        file_fields={"images": settings.max_predict_images},
+        text_fields=set(text_fields),
+    )
 
 
 def parse_top_k(form: MultipartForm, settings: Settings, default: int = 5) -> int:

@@ -23,8 +23,15 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import InferenceDep, RegistryDep, ServingDep, SessionDep, SettingsDep, StorageDep, TenantDep
 from app.api.errors import ApiError, error_responses, not_found
-from app.api.predicting import library_error, parse_top_k, read_images, ready_model, run_prediction
-from app.api.uploads import multipart_openapi, read_multipart
+from app.api.predicting import (
+    library_error,
+    parse_top_k,
+    read_images,
+    read_predict_form,
+    ready_model,
+    run_prediction,
+)
+from app.api.uploads import multipart_openapi
 from app.core.backbones import BackboneRegistry
 from app.core.db import repo
 from app.core.db.tables import Classifier, TunedModel
@@ -294,13 +301,7 @@ async def predict(
             _prediction_target, row, session=session, tenant_id=tenant.id, storage=storage, registry=registry
         )
     )
-    form = await read_multipart(
-        request,
-        max_bytes=settings.max_upload_bytes,
-        tmp_root=settings.data_dir / "tmp",
-        file_fields={"images": settings.max_predict_images},
-        text_fields={"top_k"},
-    )
+    form = await read_predict_form(request, settings)
     try:
         top_k = parse_top_k(form, settings)
         images = await run_in_threadpool(read_images, form, settings)  # decoding is CPU work

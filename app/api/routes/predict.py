@@ -16,8 +16,8 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import InferenceDep, RegistryDep, ServingDep, SessionDep, SettingsDep, StorageDep, TenantDep
 from app.api.errors import ApiError, error_responses
-from app.api.predicting import parse_top_k, read_images, ready_model, run_prediction
-from app.api.uploads import MultipartForm, multipart_openapi, read_multipart
+from app.api.predicting import parse_top_k, read_images, read_predict_form, ready_model, run_prediction
+from app.api.uploads import MultipartForm, multipart_openapi
 from app.core.backbones import BackboneRegistry
 from app.core.db.tables import TunedModel
 from app.core.job_plan import JobConfigError, resolve_backbone
@@ -31,6 +31,7 @@ from models import BackboneSpec, method_entries
 router = APIRouter(prefix="/v1/predict", tags=["predict"], responses=error_responses(401, 422))
 
 MAX_CLASSES = 1000
+ZERO_SHOT_FIELDS = frozenset({"classes", "templates", "backbone", "model_id", "top_k"})
 ZERO_SHOT_FAMILY = "open_clip"  # zero-shot classification reads class names through a CLIP text tower
 MAX_TEMPLATES = 64
 MAX_TEXT_CHARS = 200
@@ -88,13 +89,7 @@ class _ZeroShotRequest:
 
 
 async def _read_request(request: Request, settings: Settings) -> _ZeroShotRequest:
-    form = await read_multipart(
-        request,
-        max_bytes=settings.max_upload_bytes,
-        tmp_root=settings.data_dir / "tmp",
-        file_fields={"images": settings.max_predict_images},
-        text_fields={"classes", "templates", "backbone", "model_id", "top_k"},
-    )
+    form = await read_predict_form(request, settings, ZERO_SHOT_FIELDS)
     try:
         classes = _json_list(form, "classes", required=True, limit=MAX_CLASSES) or []
         if len(set(classes)) != len(classes):
@@ -165,7 +160,7 @@ async def zero_shot(
     storage: StorageDep,
     registry: RegistryDep,
     inference: InferenceDep,
-    engine: ServingDep,
+    serving: ServingDep,
 ) -> dict[str, Any]:
     body = await _read_request(request, settings)
     row = checkpoint = None
@@ -197,5 +192,5 @@ async def zero_shot(
 
     model_id = row.id if row is not None else None
     return await run_prediction(
-        engine, prepare, backbone=name, tenant_id=tenant.id, top_k=body.top_k, model_id=model_id
+        serving, prepare, backbone=name, tenant_id=tenant.id, top_k=body.top_k, model_id=model_id
     )

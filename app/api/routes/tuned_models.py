@@ -16,11 +16,12 @@ from app.api.predicting import (
     model_backbone_spec,
     parse_top_k,
     read_images,
+    read_predict_form,
     ready_model,
     run_prediction,
     verify_stored_checkpoint,
 )
-from app.api.uploads import multipart_openapi, read_multipart
+from app.api.uploads import multipart_openapi
 from app.core.db import repo
 from app.inference import images_to_batch
 from app.schemas import MAX_SQL_INTEGER, ErrorResponse, PredictionResponse, TunedModelPublic
@@ -111,7 +112,7 @@ async def predict(
     storage: StorageDep,
     registry: RegistryDep,
     inference: InferenceDep,
-    engine: ServingDep,
+    serving: ServingDep,
 ) -> dict[str, Any]:
     # In the threadpool: a blocking database call on the event loop can deadlock it under load.
     row, checkpoint = await run_in_threadpool(
@@ -124,13 +125,7 @@ async def predict(
             param="model_id",
         )
     )
-    form = await read_multipart(
-        request,
-        max_bytes=settings.max_upload_bytes,
-        tmp_root=settings.data_dir / "tmp",
-        file_fields={"images": settings.max_predict_images},
-        text_fields={"top_k"},
-    )
+    form = await read_predict_form(request, settings)
     try:
         top_k = parse_top_k(form, settings)
 
@@ -144,7 +139,7 @@ async def predict(
             return method, images_to_batch(images, method.backbone), list(method.class_names)
 
         return await run_prediction(
-            engine, prepare, backbone=row.backbone, tenant_id=tenant.id, top_k=top_k, model_id=row.id
+            serving, prepare, backbone=row.backbone, tenant_id=tenant.id, top_k=top_k, model_id=row.id
         )
     finally:
         form.cleanup()
