@@ -3,8 +3,8 @@
 Three caches (each ``settings.inference_cache_size`` entries): loaded backbones (by registry name and
 spec), tuned methods loaded from checkpoints (by model id and checkpoint sha256, sharing the cached
 backbone), and zero-shot classifiers (by tenant, backbone, class names, templates and optional RPP model;
-their text features persisted per tenant by app/text_features.py).
-Every request runs ONE forward pass over all of its images.
+their text features persisted per tenant by app/text_features.py), all placed on the serving device. The
+forwards themselves run in the serving engine's lanes (app/serving), batched across requests and models.
 """
 
 from __future__ import annotations
@@ -176,21 +176,3 @@ class InferenceCache:
 
 def images_to_batch(images: Sequence[Image.Image], backbone: Any) -> torch.Tensor:
     return torch.stack([backbone.transform(image) for image in images])
-
-
-def predict_tuned(method: Any, images: Sequence[Image.Image], top_k: int) -> list[dict[str, Any]]:
-    from models import predict_topk
-
-    batch = images_to_batch(images, method.backbone)
-    with torch.inference_mode():
-        logits = method(batch)
-    return predict_topk(logits, method.class_names, top_k)
-
-
-def predict_zero_shot(classifier: Any, images: Sequence[Image.Image], top_k: int) -> list[dict[str, Any]]:
-    from models import predict_topk
-
-    batch = images_to_batch(images, classifier.backbone)
-    with torch.inference_mode():
-        logits = classifier.logits(batch)
-    return predict_topk(logits, classifier.class_names, top_k)
