@@ -6,10 +6,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.core.db.repo.common import idempotency_race_winner, owned_page
+from app.core.db.repo.common import insert_once, owned_page
 from app.core.db.tables import Classifier
 
 
@@ -48,19 +47,13 @@ def create_classifier_once(
     row = Classifier(
         tenant_id=tenant_id, idempotency_key=idempotency_key, request_sha256=request_sha256, **values
     )
-    session.add(row)
-    try:
-        session.commit()
-    except IntegrityError as exc:
-        winner = idempotency_race_winner(
-            session,
-            exc,
-            idempotency_key,
-            lambda key: get_classifier_by_idempotency_key(session=session, tenant_id=tenant_id, key=key),
-            lambda existing: existing.request_sha256 == request_sha256,
-        )
-        return winner, False
-    return row, True
+    return insert_once(
+        session,
+        row,
+        idempotency_key,
+        lambda key: get_classifier_by_idempotency_key(session=session, tenant_id=tenant_id, key=key),
+        lambda existing: existing.request_sha256 == request_sha256,
+    )
 
 
 def text_features_in_use(*, session: Session, tenant_id: str, key: str) -> bool:

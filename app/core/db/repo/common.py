@@ -57,3 +57,20 @@ def idempotency_race_winner(
     if not same(existing):
         raise IdempotencyConflict(key) from None
     return existing
+
+
+def insert_once(
+    session: Session,
+    row: Keyed,
+    key: str | None,
+    lookup: Callable[[str], Keyed | None],
+    same: Callable[[Keyed], bool],
+) -> tuple[Keyed, bool]:
+    """Insert ``row`` and commit; ``(row, True)``, or the race winner's row and False (see
+    :func:`idempotency_race_winner`) when the unique (tenant_id, idempotency_key) index refused it."""
+    session.add(row)
+    try:
+        session.commit()
+    except IntegrityError as exc:
+        return idempotency_race_winner(session, exc, key, lookup, same), False
+    return row, True

@@ -6,10 +6,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.core.db.repo.common import idempotency_race_winner, owned_page
+from app.core.db.repo.common import insert_once, owned_page
 from app.core.db.tables import Dataset, Job
 from app.core.status import ACTIVE_STATUSES
 
@@ -74,16 +73,10 @@ def create_dataset_once(
     dataset = Dataset(
         tenant_id=tenant_id, name=name, idempotency_key=idempotency_key, upload_sha256=upload_sha256, **values
     )
-    session.add(dataset)
-    try:
-        session.commit()
-    except IntegrityError as exc:
-        winner = idempotency_race_winner(
-            session,
-            exc,
-            idempotency_key,
-            lambda key: get_dataset_by_idempotency_key(session=session, tenant_id=tenant_id, key=key),
-            lambda row: same_upload(row, name=name, upload_sha256=upload_sha256),
-        )
-        return winner, False
-    return dataset, True
+    return insert_once(
+        session,
+        dataset,
+        idempotency_key,
+        lambda key: get_dataset_by_idempotency_key(session=session, tenant_id=tenant_id, key=key),
+        lambda row: same_upload(row, name=name, upload_sha256=upload_sha256),
+    )
