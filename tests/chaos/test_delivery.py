@@ -112,7 +112,10 @@ def _poison_run(chaos: ChaosStack, body: dict[str, Any]) -> dict[str, Any]:
 def test_poison_job_fails_after_max_attempts_with_worker_lost(
     chaos: ChaosStack, job_body: dict[str, Any]
 ) -> None:
-    results = [_poison_run(chaos, job_body) for _ in range(runs(ci=1, full=3))]
+    # 200 steps instead of the shared body's 40: each kill must find the job training, and the 40-step job
+    # finished in about 1.5 s on a quiet machine, sometimes before a poll saw it train.
+    body = {**job_body, "config": {**job_body["config"], "epochs": 40}}
+    results = [_poison_run(chaos, body) for _ in range(runs(ci=1, full=3))]
     report("poison", {"runs": len(results), "max_attempts": MAX_ATTEMPTS, "per_run": results})
     for r in results:
         assert r["status"] == "failed" and r["error_code"] == "worker_lost", r
