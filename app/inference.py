@@ -150,29 +150,6 @@ class InferenceCache:
             entry = dataclasses.replace(entry, cached=True, seconds=time.perf_counter() - started)
         return classifier, entry
 
-    def zero_shot(
-        self,
-        *,
-        tenant_id: str,
-        store: TextFeatureStore,
-        spec: BackboneSpec,
-        classes: Sequence[str],
-        templates: Sequence[str] | None,
-        method: Any = None,
-        prompts_sha256: str | None = None,
-    ) -> Any:
-        """:meth:`zero_shot_features`' classifier."""
-        classifier, _ = self.zero_shot_features(
-            tenant_id=tenant_id,
-            store=store,
-            spec=spec,
-            classes=classes,
-            templates=templates,
-            method=method,
-            prompts_sha256=prompts_sha256,
-        )
-        return classifier
-
 
 def images_to_batch(images: Sequence[Image.Image], backbone: Any) -> torch.Tensor:
     return torch.stack([backbone.transform(image) for image in images])

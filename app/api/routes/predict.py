@@ -178,7 +178,9 @@ async def zero_shot(
                 model_id=row.id, sha256=row.checkpoint_sha256, checkpoint_path=str(checkpoint), spec=spec
             )
             prompts_sha256 = row.checkpoint_sha256
-        classifier = inference.zero_shot(  # text features: persisted per tenant (app/text_features.py)
+        # The classifier comes with its text features in place (persisted per tenant, app/text_features.py),
+        # so the lane only runs the image forward.
+        classifier, _ = inference.zero_shot_features(
             tenant_id=tenant.id,
             store=TextFeatureStore(storage),
             spec=spec,
@@ -187,7 +189,6 @@ async def zero_shot(
             method=method,
             prompts_sha256=prompts_sha256,
         )
-        classifier.text_features()  # computed (or found) here, in the threadpool, not in the lane
         return classifier, images_to_batch(body.images, classifier.backbone), list(classifier.class_names)
 
     model_id = row.id if row is not None else None
