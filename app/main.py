@@ -9,6 +9,7 @@ import logging
 from collections.abc import Callable
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from app.api.errors import install_error_handlers
 from app.api.routes import backbones, classifiers, datasets, health, jobs, methods, predict, tuned_models
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Callable[[str], Non
         version="0.1.0",
         description="Prompt learning as a service: RPP prompt pretraining of CLIP and SPT self-prompt tuning "
         "of ViTs on frozen backbones. Every /v1 route needs `Authorization: Bearer <key>`.",
+        generate_unique_id_function=operation_id,
     )
     url = settings.resolved_database_url
     app.state.settings = settings
@@ -62,6 +64,15 @@ def create_app(settings: Settings | None = None, *, enqueue: Callable[[str], Non
     for module in (health, datasets, backbones, methods, jobs, tuned_models, predict, classifiers):
         app.include_router(module.router)
     return app
+
+
+def operation_id(route: APIRoute) -> str:
+    """A route's OpenAPI operationId: its name (``list_jobs``), stable for generated clients.
+
+    Route names are unique (tests/api/test_paging.py checks), unlike FastAPI's default, which
+    glues the path and verb together (``create_job_v1_jobs_post``).
+    """
+    return route.name
 
 
 def __getattr__(name: str) -> FastAPI:

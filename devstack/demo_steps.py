@@ -147,7 +147,7 @@ def follow_job(client: Any, job_id: str, *, timeout: float = 900.0, echo: bool =
     deadline = time.monotonic() + timeout
     after, shown = 0, -1
     while True:
-        for event in _ok(client.get(f"/v1/jobs/{job_id}/events", params={"after": after})):
+        for event in _ok(client.get(f"/v1/jobs/{job_id}/events", params={"after": after}))["data"]:
             after = max(after, event["id"])
             progress = (event.get("data") or {}).get("progress")
             if isinstance(progress, int | float):  # progress events: one line per 10 %

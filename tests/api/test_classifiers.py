@@ -95,8 +95,8 @@ def test_create_get_list_predict_delete(
     assert decode_entry(stored.read_bytes(), sha256=sha, num_classes=3).shape == (3, 64)
 
     assert client.get(f"/v1/classifiers/{classifier_id}", headers=headers_a).json() == body
-    assert [c["id"] for c in client.get("/v1/classifiers", headers=headers_a).json()] == [classifier_id]
-    assert client.get("/v1/classifiers?limit=1&offset=1", headers=headers_a).json() == []
+    assert [c["id"] for c in client.get("/v1/classifiers", headers=headers_a).json()["data"]] == [classifier_id]
+    assert client.get("/v1/classifiers?limit=1&offset=1", headers=headers_a).json()["data"] == []
 
     predicted = predict(client, headers_a, classifier_id, top_k=2)
     rows = predicted.json()["predictions"]
@@ -115,7 +115,7 @@ def test_create_get_list_predict_delete(
     assert_error(predict(client, headers_a, classifier_id), 404, "not_found")
     assert client.delete(f"/v1/classifiers/{twin.json()['id']}", headers=headers_a).status_code == 204
     assert not stored.exists()
-    assert client.get("/v1/classifiers", headers=headers_a).json() == []
+    assert client.get("/v1/classifiers", headers=headers_a).json()["data"] == []
 
 
 def test_defaults(app: Any, client: TestClient, headers_a: dict[str, str], settings: Settings) -> None:
@@ -150,7 +150,7 @@ def test_validation(
     response = client.post("/v1/classifiers", headers=headers_a, json={"classes": CLASSES, **body})
     error = assert_error(response, 422, code)
     assert error["param"] == param
-    assert client.get("/v1/classifiers", headers=headers_a).json() == []
+    assert client.get("/v1/classifiers", headers=headers_a).json()["data"] == []
 
 
 def test_tuned_model_classifiers(
@@ -188,7 +188,7 @@ def test_tuned_model_classifiers(
 
 def test_tenant_isolation(client: TestClient, headers_a: dict[str, str], headers_b: dict[str, str]) -> None:
     classifier_id = create(client, headers_a, backbone="tiny-clip").json()["id"]
-    assert client.get("/v1/classifiers", headers=headers_b).json() == []
+    assert client.get("/v1/classifiers", headers=headers_b).json()["data"] == []
     assert_error(client.get(f"/v1/classifiers/{classifier_id}", headers=headers_b), 404, "not_found")
     assert_error(predict(client, headers_b, classifier_id), 404, "not_found")
     assert_error(client.delete(f"/v1/classifiers/{classifier_id}", headers=headers_b), 404, "not_found")
@@ -204,7 +204,7 @@ def test_idempotent_create(client: TestClient, headers_a: dict[str, str]) -> Non
     assert_error(create(client, headers, backbone="tiny-clip", name="other"), 409, "idempotency_conflict")
     other = create(client, {**headers_a, "Idempotency-Key": "create-pets-2"}, backbone="tiny-clip")
     assert other.status_code == 201 and other.json()["id"] != first.json()["id"]
-    assert len(client.get("/v1/classifiers", headers=headers_a).json()) == 2
+    assert len(client.get("/v1/classifiers", headers=headers_a).json()["data"]) == 2
 
 
 def restarted_app(settings: Settings) -> TestClient:

@@ -94,7 +94,7 @@ def test_idempotent_upload_replays(client: TestClient, headers_a: dict[str, str]
     assert again.status_code == 200, again.text
     assert again.json() == first.json()
     assert len(storage_datasets(settings)) == 1  # the retry stored nothing
-    listed = client.get("/v1/datasets", headers=headers_a).json()
+    listed = client.get("/v1/datasets", headers=headers_a).json()["data"]
     assert [d["id"] for d in listed] == [first.json()["id"]]
 
     for body, name, filename in (
@@ -160,4 +160,4 @@ def test_concurrent_uploads_with_one_key_store_one_dataset(
     else:
         assert_error(loser, 409, "idempotency_conflict")
     assert len(storage_datasets(settings)) == 1
-    assert [d["id"] for d in client.get("/v1/datasets", headers=headers_a).json()] == [winner.json()["id"]]
+    assert [d["id"] for d in client.get("/v1/datasets", headers=headers_a).json()["data"]] == [winner.json()["id"]]

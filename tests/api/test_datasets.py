@@ -110,9 +110,9 @@ def test_list_get_delete_and_isolation(
     client: TestClient, headers_a: dict[str, str], headers_b: dict[str, str], settings: Settings
 ) -> None:
     created = upload(client, headers_a, image_folder_zip()).json()
-    listed = client.get("/v1/datasets", headers=headers_a).json()
+    listed = client.get("/v1/datasets", headers=headers_a).json()["data"]
     assert [d["id"] for d in listed] == [created["id"]]
-    assert client.get("/v1/datasets", headers=headers_b).json() == []
+    assert client.get("/v1/datasets", headers=headers_b).json()["data"] == []
     assert client.get(f"/v1/datasets/{created['id']}", headers=headers_a).json() == created
     assert_error(client.get(f"/v1/datasets/{created['id']}", headers=headers_b), 404, "not_found")
     assert_error(client.delete(f"/v1/datasets/{created['id']}", headers=headers_b), 404, "not_found")

@@ -60,9 +60,9 @@ def test_create_get_list(
     assert "tenant_id" not in job and "idempotency_key" not in job and "lease_owner" not in job
     assert enqueued == [job["id"]]
     assert client.get(f"/v1/jobs/{job['id']}", headers=headers_a).json() == job
-    assert [j["id"] for j in client.get("/v1/jobs", headers=headers_a).json()] == [job["id"]]
-    assert client.get("/v1/jobs", params={"status": "running"}, headers=headers_a).json() == []
-    events = client.get(f"/v1/jobs/{job['id']}/events", headers=headers_a).json()
+    assert [j["id"] for j in client.get("/v1/jobs", headers=headers_a).json()["data"]] == [job["id"]]
+    assert client.get("/v1/jobs", params={"status": "running"}, headers=headers_a).json()["data"] == []
+    events = client.get(f"/v1/jobs/{job['id']}/events", headers=headers_a).json()["data"]
     assert [e["type"] for e in events] == ["status"] and events[0]["data"] == {"status": "queued"}
 
 
@@ -131,7 +131,7 @@ def test_create_refusals(
     assert error["param"] == param
     if code == "unknown_backbone":
         assert "tiny-vit" in error["message"] and "tiny-clip" in error["message"]
-    assert client.get("/v1/jobs", headers=headers_a).json() == []
+    assert client.get("/v1/jobs", headers=headers_a).json()["data"] == []
 
 
 @pytest.mark.parametrize(
@@ -172,7 +172,7 @@ def test_idempotency(
     assert enqueued == [first.json()["id"]]
     conflict = client.post("/v1/jobs", headers=headers, json=spt_job(dataset_id, epochs=3))
     assert_error(conflict, 409, "idempotency_conflict")
-    assert len(client.get("/v1/jobs", headers=headers_a).json()) == 1
+    assert len(client.get("/v1/jobs", headers=headers_a).json()["data"]) == 1
 
 
 def test_idempotency_key_is_per_tenant(
@@ -205,7 +205,7 @@ def test_concurrent_idempotent_creates_yield_one_job(
     assert all(r.status_code in (200, 201) for r in results), [r.text for r in results]
     assert sum(r.status_code == 201 for r in results) == 1
     assert len({r.json()["id"] for r in results}) == 1
-    assert len(client.get("/v1/jobs", headers=headers_a).json()) == 1
+    assert len(client.get("/v1/jobs", headers=headers_a).json()["data"]) == 1
     assert len(enqueued) == 1
 
 
@@ -255,7 +255,7 @@ def test_isolation(
         ("post", f"/v1/jobs/{job['id']}/cancel"),
     ]:
         assert_error(client.request(method, path, headers=headers_b), 404, "not_found")
-    assert client.get("/v1/jobs", headers=headers_b).json() == []
+    assert client.get("/v1/jobs", headers=headers_b).json()["data"] == []
     assert client.get(f"/v1/jobs/{job['id']}", headers=headers_a).json()["status"] == "queued"
 
 
@@ -300,12 +300,13 @@ def test_events_after_and_sse(
             repo.add_job_event(
                 session=session, job_id=job["id"], type="metrics", message=f"step {step}", data={"step": step}
             )
-    events = client.get(f"/v1/jobs/{job['id']}/events", headers=headers_a).json()
+    events = client.get(f"/v1/jobs/{job['id']}/events", headers=headers_a).json()["data"]
     assert [e["message"] for e in events] == ["job queued", "step 0", "step 1", "step 2"]
     after = client.get(
         f"/v1/jobs/{job['id']}/events", params={"after": events[1]["id"]}, headers=headers_a
     ).json()
-    assert [e["message"] for e in after] == ["step 1", "step 2"]
+    assert [e["message"] for e in after["data"]] == ["step 1", "step 2"]
+    assert after["has_more"] is False and after["next_cursor"] is None
 
     set_status(database_url, job["id"], "succeeded")  # terminal: the stream drains and ends
     sse_headers = {**headers_a, "Accept": "text/event-stream", "Last-Event-ID": str(events[1]["id"])}

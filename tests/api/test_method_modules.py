@@ -67,7 +67,7 @@ def test_a_plugin_method_is_served(settings: Settings, headers_a: dict[str, str]
         assert client.get("/v1/methods").status_code == 401
         response = client.get("/v1/methods", headers=headers_a)
         assert response.status_code == 200, response.text
-        methods = {m["name"]: m for m in response.json()}
+        methods = {m["name"]: m for m in response.json()["data"]}
         assert {"rpp", "spt", "linear_head"} <= set(methods)
         pool = methods["linear_head"]["config_schema"]["properties"]["pool"]
         assert pool["enum"] == ["token", "mean"]

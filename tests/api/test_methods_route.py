@@ -11,7 +11,7 @@ from tests.api.test_datasets import assert_error
 def test_methods_list_their_family_capabilities_and_config_schema(
     client: TestClient, headers_a: dict[str, str]
 ) -> None:
-    methods = {m["name"]: m for m in client.get("/v1/methods", headers=headers_a).json()}
+    methods = {m["name"]: m for m in client.get("/v1/methods", headers=headers_a).json()["data"]}
     assert {"rpp", "spt"} <= set(methods)
     rpp, spt = methods["rpp"], methods["spt"]
     assert (rpp["family"], spt["family"]) == ("open_clip", "timm")

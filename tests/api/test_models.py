@@ -115,7 +115,7 @@ def test_model_routes_and_isolation(
     key_b: str,
 ) -> None:
     model_id = add_model(settings, database_url, "tenant-a", "spt", zoo)
-    listed = client.get("/v1/models", headers=headers_a).json()
+    listed = client.get("/v1/models", headers=headers_a).json()["data"]
     assert [m["id"] for m in listed] == [model_id]
     body = client.get(f"/v1/models/{model_id}", headers=headers_a).json()
     assert body["classes"] == SPT_CLASSES and body["checkpoint_sha256"] == zoo["spt"][1]
@@ -123,7 +123,7 @@ def test_model_routes_and_isolation(
     download = client.get(f"/v1/models/{model_id}/checkpoint", headers=headers_a)
     assert download.status_code == 200 and download.content == zoo["spt"][0].read_bytes()
 
-    assert client.get("/v1/models", headers=headers_b).json() == []
+    assert client.get("/v1/models", headers=headers_b).json()["data"] == []
     for method, path in [
         ("get", f"/v1/models/{model_id}"),
         ("get", f"/v1/models/{model_id}/checkpoint"),

@@ -24,7 +24,7 @@ TOO_BIG = MAX_SQL_INTEGER + 1
 
 @pytest.mark.parametrize("path", ["/v1/datasets", "/v1/jobs", "/v1/models"])
 def test_offset_is_bounded(client: TestClient, headers_a: dict[str, str], path: str) -> None:
-    assert client.get(path, params={"offset": MAX_SQL_INTEGER}, headers=headers_a).json() == []
+    assert client.get(path, params={"offset": MAX_SQL_INTEGER}, headers=headers_a).json()["data"] == []
     error = assert_error(
         client.get(path, params={"offset": TOO_BIG}, headers=headers_a), 422, "invalid_request"
     )
@@ -40,7 +40,7 @@ def test_event_cursor_is_bounded(
 ) -> None:
     job = client.post("/v1/jobs", headers=headers_a, json=spt_job(dataset_id)).json()
     url = f"/v1/jobs/{job['id']}/events"
-    assert client.get(url, params={"after": MAX_SQL_INTEGER}, headers=headers_a).json() == []
+    assert client.get(url, params={"after": MAX_SQL_INTEGER}, headers=headers_a).json()["data"] == []
     assert_error(client.get(url, params={"after": TOO_BIG}, headers=headers_a), 422, "invalid_request")
 
     set_status(database_url, job["id"], "succeeded")  # terminal: each stream drains and ends

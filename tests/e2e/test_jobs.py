@@ -66,7 +66,7 @@ def test_spt_job_on_a_zoo_backbone_learns_digits(
         assert {"val_acc", "test_acc"} <= set(job["metrics"])
         assert job["metrics"]["num_test"] == 50 and job["metrics"]["test_acc"] >= MIN_TEST_ACC, job["metrics"]
 
-        events = client.get(f"/v1/jobs/{job['id']}/events").json()
+        events = client.get(f"/v1/jobs/{job['id']}/events").json()["data"]
         phases = [e["data"].get("phase") for e in events if e["type"] == "status" and e["data"].get("phase")]
         assert phases == ["loading", "preparing", "training", "saving"]
         assert [e["data"]["epoch"] for e in events if e["type"] == "metrics"] == list(range(1, 11))

@@ -83,7 +83,7 @@ def test_outside_method_config_is_checked(plugin_stack: Stack, tmp_path: Path) -
         assert error["code"] == "invalid_config" and error["param"] == "config.pool", error
         error = _error(client.post("/v1/jobs", json=_job(dataset["id"], {"head_init_std": 0})))
         assert error["code"] == "invalid_config" and error["param"] == "config.head_init_std", error
-        jobs = client.get("/v1/jobs").json()
+        jobs = client.get("/v1/jobs").json()["data"]
         assert not [j for j in jobs if j["dataset_id"] == dataset["id"]]  # nothing refused was queued
 
 

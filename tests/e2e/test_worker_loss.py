@@ -40,7 +40,7 @@ def test_killed_worker_job_resumes_on_another_worker_bit_identically(stack: Stac
         job = wait_job(client, job_id)
         assert job["status"] == "succeeded", (job, rescuer.tail())
         assert job["attempts"] == 2
-        messages = [e["message"] for e in client.get(f"/v1/jobs/{job_id}/events").json()]
+        messages = [e["message"] for e in client.get(f"/v1/jobs/{job_id}/events").json()["data"]]
         assert any("re-queued" in m for m in messages)
         assert "resuming from the last saved state" in messages
 

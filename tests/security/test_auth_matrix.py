@@ -280,7 +280,7 @@ def test_auth_and_tenant_isolation_matrix(
     # Nothing of tenant B changed, nothing ran for tenant A; B's own key still reaches every object.
     assert snapshot(database_url, "tenant-b", storage_root) == before
     assert enqueued == enqueued_before
-    assert client.get("/v1/jobs", headers=headers_a).json() == []
+    assert client.get("/v1/jobs", headers=headers_a).json()["data"] == []
     owner_gets = [t for m, t in id_operations if m == "GET"]
     for template in owner_gets:
         response = client.get(fill(template, ids_b), headers=headers_b)

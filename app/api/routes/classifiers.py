@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import InferenceDep, RegistryDep, ServingDep, SessionDep, SettingsDep, StorageDep, TenantDep
 from app.api.errors import ApiError, error_responses, not_found
+from app.api.paging import PageDep, page_of
 from app.api.predicting import (
     library_error,
     parse_top_k,
@@ -39,7 +40,7 @@ from app.core.job_plan import JobConfigError, resolve_backbone
 from app.core.settings import Settings
 from app.core.storage import Storage
 from app.inference import InferenceCache, images_to_batch
-from app.schemas import MAX_SQL_INTEGER, ClassifierCreate, ClassifierPublic, PredictionResponse
+from app.schemas import ClassifierCreate, ClassifierPublic, Page, PredictionResponse
 from app.text_features import TextFeatureEntry, TextFeatureStore
 from models import BackboneSpec, PromptuneError, method_entries
 
@@ -191,6 +192,8 @@ def _owned(session: Session, tenant_id: str, classifier_id: str) -> Classifier:
         200: {"model": ClassifierPublic, "description": "a retried create with the same Idempotency-Key"},
         **error_responses(400, 404, 409, 503),
     },
+    name="create_classifier",
+    summary="Create a zero-shot classifier",
 )
 def create_classifier(
     body: ClassifierCreate,
@@ -246,23 +249,40 @@ def create_classifier(
     return ClassifierPublic.from_row(row)
 
 
-@router.get("", response_model=list[ClassifierPublic])
+@router.get(
+    "",
+    response_model=Page[ClassifierPublic],
+    summary="List zero-shot classifiers",
+    responses=error_responses(400),
+)
 def list_classifiers(
     session: SessionDep,
     tenant: TenantDep,
-    limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0, le=MAX_SQL_INTEGER),
-) -> list[ClassifierPublic]:
-    rows = repo.list_classifiers(session=session, tenant_id=tenant.id, limit=limit, offset=offset)
-    return [ClassifierPublic.from_row(row) for row in rows]
+    page: PageDep,
+    backbone: Annotated[str | None, Query(max_length=200, description="only this backbone's")] = None,
+) -> dict[str, Any]:
+    rows, more = repo.list_classifiers(session=session, tenant_id=tenant.id, page=page, backbone=backbone)
+    return page_of(rows, more, ClassifierPublic.from_row)
 
 
-@router.get("/{classifier_id}", response_model=ClassifierPublic, responses=error_responses(404))
+@router.get(
+    "/{classifier_id}",
+    response_model=ClassifierPublic,
+    responses=error_responses(404),
+    name="get_classifier",
+    summary="Get a zero-shot classifier",
+)
 def get_classifier(classifier_id: str, session: SessionDep, tenant: TenantDep) -> ClassifierPublic:
     return ClassifierPublic.from_row(_owned(session, tenant.id, classifier_id))
 
 
-@router.delete("/{classifier_id}", status_code=204, responses=error_responses(404))
+@router.delete(
+    "/{classifier_id}",
+    status_code=204,
+    responses=error_responses(404),
+    name="delete_classifier",
+    summary="Delete a zero-shot classifier",
+)
 def delete_classifier(
     classifier_id: str, session: SessionDep, tenant: TenantDep, storage: StorageDep
 ) -> Response:
@@ -281,6 +301,8 @@ def delete_classifier(
     response_model=PredictionResponse,
     openapi_extra=_PREDICT_DOC,
     responses=error_responses(400, 404, 409, 413, 415, 422, 503),
+    name="predict_with_classifier",
+    summary="Classify images with a zero-shot classifier",
 )
 async def predict(
     classifier_id: str,

@@ -5,14 +5,15 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Request, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
 from app.api.errors import ApiError, error_responses, not_found
+from app.api.paging import PageDep, page_of
 from app.api.uploads import multipart_openapi, read_multipart
 from app.core.db import repo
 from app.core.db.tables import Dataset, new_id
@@ -20,7 +21,7 @@ from app.core.settings import Settings
 from app.core.storage import Storage, dataset_prefix, temp_dir
 from app.ingest.archive import ArchiveLimits
 from app.ingest.datasets import DatasetRejected, IngestLimits, ingest_archive
-from app.schemas import MAX_SQL_INTEGER, DatasetPublic, ErrorResponse
+from app.schemas import DatasetPublic, ErrorResponse, Page
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=error_responses(401, 422))
 
@@ -62,6 +63,8 @@ class _Upload:
         200: {"model": DatasetPublic, "description": "a retried upload with the same Idempotency-Key"},
         **error_responses(400, 409, 413, 415, 422),
     },
+    name="create_dataset",
+    summary="Upload a dataset (a zip of class folders)",
 )
 async def create_dataset(
     request: Request,
@@ -172,18 +175,24 @@ def _idempotency_conflict() -> ApiError:
     )
 
 
-@router.get("", response_model=list[DatasetPublic])
-def list_datasets(
-    session: SessionDep,
-    tenant: TenantDep,
-    limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0, le=MAX_SQL_INTEGER),
-) -> list[DatasetPublic]:
-    rows = repo.list_datasets(session=session, tenant_id=tenant.id, limit=limit, offset=offset)
-    return [DatasetPublic.model_validate(row) for row in rows]
+@router.get(
+    "",
+    response_model=Page[DatasetPublic],
+    summary="List datasets",
+    responses=error_responses(400),
+)
+def list_datasets(session: SessionDep, tenant: TenantDep, page: PageDep) -> dict[str, Any]:
+    rows, more = repo.list_datasets(session=session, tenant_id=tenant.id, page=page)
+    return page_of(rows, more, DatasetPublic.model_validate)
 
 
-@router.get("/{dataset_id}", response_model=DatasetPublic, responses={404: {"model": ErrorResponse}})
+@router.get(
+    "/{dataset_id}",
+    response_model=DatasetPublic,
+    responses={404: {"model": ErrorResponse}},
+    name="get_dataset",
+    summary="Get a dataset and its import report",
+)
 def get_dataset(dataset_id: str, session: SessionDep, tenant: TenantDep) -> DatasetPublic:
     row = repo.get_dataset(session=session, tenant_id=tenant.id, dataset_id=dataset_id)
     if row is None:
@@ -192,7 +201,11 @@ def get_dataset(dataset_id: str, session: SessionDep, tenant: TenantDep) -> Data
 
 
 @router.delete(
-    "/{dataset_id}", status_code=204, responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}}
+    "/{dataset_id}",
+    status_code=204,
+    responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
+    name="delete_dataset",
+    summary="Delete a dataset",
 )
 def delete_dataset(dataset_id: str, session: SessionDep, tenant: TenantDep, storage: StorageDep) -> Response:
     row = repo.get_dataset(session=session, tenant_id=tenant.id, dataset_id=dataset_id)

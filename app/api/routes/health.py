@@ -17,7 +17,7 @@ router = APIRouter(tags=["health"])
 CHECK_TIMEOUT_SECONDS = 3.0
 
 
-@router.get("/healthz")
+@router.get("/healthz", name="healthz", summary="Liveness")
 def healthz() -> dict[str, str]:
     """The process is alive (no dependencies checked)."""
     return {"status": "ok"}
@@ -77,6 +77,8 @@ CHECKS: dict[str, Callable[[Request], None]] = {
     "/readyz",
     response_model=ReadyResponse,
     responses={503: {"model": ReadyResponse, "description": "a dependency is unavailable"}},
+    name="readyz",
+    summary="Readiness of the database, broker and storage",
 )
 async def readyz(request: Request) -> JSONResponse:
     checks: dict[str, dict[str, object]] = {}
@@ -92,7 +94,13 @@ async def readyz(request: Request) -> JSONResponse:
     )
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}})
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE: {}}}},
+    name="metrics",
+    summary="Prometheus metrics",
+)
 async def metrics(request: Request) -> Response:
     body = await run_in_threadpool(request.app.state.metrics.render)
     return Response(body, media_type=CONTENT_TYPE)

@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import RegistryDep, SessionDep, SettingsDep, TenantDep
 from app.api.errors import ApiError, error_responses, not_found
+from app.api.paging import PageDep, page_of
 from app.core.db import repo
 from app.core.db.tables import Job
 from app.core.job_plan import JobConfigError, build_plan
@@ -25,6 +26,7 @@ from app.schemas import (
     JobCreate,
     JobEventPublic,
     JobPublic,
+    Page,
 )
 
 log = logging.getLogger("promptune.api")
@@ -43,6 +45,8 @@ _CONFIG_STATUS = {"not_found": 404}
         200: {"model": JobPublic, "description": "a retried create with the same Idempotency-Key"},
         **error_responses(400, 404, 409, 422, 429),
     },
+    name="create_job",
+    summary="Start a tuning job",
 )
 def create_job(
     body: JobCreate,
@@ -141,19 +145,35 @@ def _enqueue(request: Request, job_id: str) -> None:
         log.warning("could not enqueue job %s; it stays queued for the reaper", job_id, exc_info=True)
 
 
-@router.get("", response_model=list[JobPublic])
+@router.get("", response_model=Page[JobPublic], summary="List jobs", responses=error_responses(400))
 def list_jobs(
     session: SessionDep,
     tenant: TenantDep,
+    page: PageDep,
     status: JobStatus | None = None,
-    limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0, le=MAX_SQL_INTEGER),
-) -> list[JobPublic]:
-    rows = repo.list_jobs(session=session, tenant_id=tenant.id, status=status, limit=limit, offset=offset)
-    return [JobPublic.from_row(row) for row in rows]
+    method: Annotated[str | None, Query(max_length=50)] = None,
+    backbone: Annotated[str | None, Query(max_length=200)] = None,
+    dataset_id: Annotated[str | None, Query(max_length=36)] = None,
+) -> dict[str, Any]:
+    rows, more = repo.list_jobs(
+        session=session,
+        tenant_id=tenant.id,
+        page=page,
+        status=status,
+        method=method,
+        backbone=backbone,
+        dataset_id=dataset_id,
+    )
+    return page_of(rows, more, JobPublic.from_row)
 
 
-@router.get("/{job_id}", response_model=JobPublic, responses={404: {"model": ErrorResponse}})
+@router.get(
+    "/{job_id}",
+    response_model=JobPublic,
+    responses={404: {"model": ErrorResponse}},
+    name="get_job",
+    summary="Get a job",
+)
 def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
     job = repo.get_job(session=session, tenant_id=tenant.id, job_id=job_id)
     if job is None:
@@ -165,6 +185,8 @@ def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
     "/{job_id}/cancel",
     response_model=JobPublic,
     responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
+    name="cancel_job",
+    summary="Cancel a job",
 )
 def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
     try:
@@ -178,13 +200,16 @@ def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic
 
 @router.get(
     "/{job_id}/events",
-    response_model=list[JobEventPublic],
+    response_model=Page[JobEventPublic],
+    name="list_job_events",
+    summary="List a job's events, or follow them live (SSE)",
     responses={
         200: {
             "content": {"text/event-stream": {}},
-            "description": "JSON list, or an SSE stream when asked for",
+            "description": "a page of events (oldest first), or with `Accept: text/event-stream` a live SSE "
+            "stream that ends once the job is terminal and every event was sent",
         },
-        404: {"model": ErrorResponse},
+        **error_responses(400, 404),
     },
 )
 def job_events(
@@ -193,12 +218,16 @@ def job_events(
     session: SessionDep,
     tenant: TenantDep,
     after: int = Query(0, ge=0, le=MAX_SQL_INTEGER, description="only events with a larger id"),
+    cursor: Annotated[
+        str | None, Query(max_length=20, description="next_cursor of the previous page")
+    ] = None,
     limit: int = Query(1000, ge=1, le=10000),
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> object:
     job = repo.get_job(session=session, tenant_id=tenant.id, job_id=job_id)
     if job is None:
         raise not_found("job", "job_id")
+    after = max(after, _event_cursor(cursor))
     if "text/event-stream" in request.headers.get("accept", ""):
         if last_event_id is not None and last_event_id.isascii() and last_event_id.isdigit():
             after = max(after, min(int(last_event_id), MAX_SQL_INTEGER))
@@ -207,8 +236,19 @@ def job_events(
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    events = repo.list_job_events(session=session, job_id=job_id, after=after, limit=limit)
-    return [JobEventPublic.model_validate(e) for e in events]
+    events = repo.list_job_events(session=session, job_id=job_id, after=after, limit=limit + 1)
+    more = len(events) > limit
+    data = [JobEventPublic.model_validate(e) for e in events[:limit]]
+    return {"data": data, "has_more": more, "next_cursor": str(data[-1].id) if more else None}
+
+
+def _event_cursor(cursor: str | None) -> int:
+    """An events cursor is the id of the last event the client has (the pages are oldest first)."""
+    if cursor is None:
+        return 0
+    if not (cursor.isascii() and cursor.isdigit()) or int(cursor) > MAX_SQL_INTEGER:
+        raise ApiError(400, "invalid_cursor", "the cursor is not one this API returned", param="cursor")
+    return int(cursor)
 
 
 def _poll(request: Request, job_id: str, after: int) -> tuple[list[JobEventPublic], bool]:

@@ -6,12 +6,15 @@ Everything here comes from the methods' registrations in ``models`` (built-in an
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 
 from app.api.deps import TenantDep
 from app.api.errors import error_responses, not_found
+from app.api.paging import catalogue_page
 from app.core.job_plan import job_config_schema
-from app.schemas import ErrorResponse, MethodPublic
+from app.schemas import ErrorResponse, MethodPublic, Page
 from models import CAPABILITIES, MethodEntry, get_method, list_methods
 
 router = APIRouter(prefix="/v1/methods", tags=["methods"], responses=error_responses(401))
@@ -27,13 +30,19 @@ def _public(entry: MethodEntry) -> MethodPublic:
     )
 
 
-@router.get("", response_model=list[MethodPublic])
-def list_job_methods(_tenant: TenantDep) -> list[MethodPublic]:
-    return [_public(get_method(name)) for name in list_methods()]
+@router.get("", response_model=Page[MethodPublic], name="list_methods", summary="List the tuning methods")
+def list_methods_route(_tenant: TenantDep) -> dict[str, Any]:
+    return catalogue_page([_public(get_method(name)) for name in list_methods()])
 
 
-@router.get("/{name}", response_model=MethodPublic, responses={404: {"model": ErrorResponse}})
-def get_job_method(name: str, _tenant: TenantDep) -> MethodPublic:
+@router.get(
+    "/{name}",
+    response_model=MethodPublic,
+    name="get_method",
+    summary="Get a method and its job config schema",
+    responses={404: {"model": ErrorResponse}},
+)
+def get_method_route(name: str, _tenant: TenantDep) -> MethodPublic:
     if name not in list_methods():
         raise not_found("method", "name")
     return _public(get_method(name))

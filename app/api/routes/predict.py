@@ -151,6 +151,8 @@ def _zero_shot_backbone(
     response_model=PredictionResponse,
     openapi_extra=_DOC,
     responses=error_responses(400, 404, 409, 413, 415, 422, 503),
+    name="predict_zero_shot",
+    summary="Classify images zero-shot against class names",
 )
 async def zero_shot(
     request: Request,

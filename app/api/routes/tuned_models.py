@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from fastapi import APIRouter, Query, Request, Response
@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import InferenceDep, RegistryDep, ServingDep, SessionDep, SettingsDep, StorageDep, TenantDep
 from app.api.errors import ApiError, error_responses, not_found
+from app.api.paging import PageDep, page_of
 from app.api.predicting import (
     model_backbone_spec,
     parse_top_k,
@@ -24,7 +25,7 @@ from app.api.predicting import (
 from app.api.uploads import multipart_openapi
 from app.core.db import repo
 from app.inference import images_to_batch
-from app.schemas import MAX_SQL_INTEGER, ErrorResponse, PredictionResponse, TunedModelPublic
+from app.schemas import ErrorResponse, Page, PredictionResponse, TunedModelPublic
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=error_responses(401, 422))
 
@@ -37,18 +38,30 @@ _PREDICT_DOC = multipart_openapi(
 )
 
 
-@router.get("", response_model=list[TunedModelPublic])
+@router.get(
+    "", response_model=Page[TunedModelPublic], summary="List tuned models", responses=error_responses(400)
+)
 def list_models(
     session: SessionDep,
     tenant: TenantDep,
-    limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0, le=MAX_SQL_INTEGER),
-) -> list[TunedModelPublic]:
-    rows = repo.list_models(session=session, tenant_id=tenant.id, limit=limit, offset=offset)
-    return [TunedModelPublic.model_validate(row) for row in rows]
+    page: PageDep,
+    method: Annotated[str | None, Query(max_length=50)] = None,
+    backbone: Annotated[str | None, Query(max_length=200)] = None,
+    job_id: Annotated[str | None, Query(max_length=36, description="the job that trained it")] = None,
+) -> dict[str, Any]:
+    rows, more = repo.list_models(
+        session=session, tenant_id=tenant.id, page=page, method=method, backbone=backbone, job_id=job_id
+    )
+    return page_of(rows, more, TunedModelPublic.model_validate)
 
 
-@router.get("/{model_id}", response_model=TunedModelPublic, responses={404: {"model": ErrorResponse}})
+@router.get(
+    "/{model_id}",
+    response_model=TunedModelPublic,
+    responses={404: {"model": ErrorResponse}},
+    name="get_model",
+    summary="Get a tuned model",
+)
 def get_model(model_id: str, session: SessionDep, tenant: TenantDep) -> TunedModelPublic:
     row = repo.get_model(session=session, tenant_id=tenant.id, model_id=model_id)
     if row is None:
@@ -64,6 +77,8 @@ def get_model(model_id: str, session: SessionDep, tenant: TenantDep) -> TunedMod
         404: {"model": ErrorResponse},
         409: {"model": ErrorResponse},
     },
+    name="download_model_checkpoint",
+    summary="Download the safetensors checkpoint",
 )
 def download_checkpoint(
     model_id: str, session: SessionDep, tenant: TenantDep, storage: StorageDep
@@ -78,7 +93,13 @@ def download_checkpoint(
     )
 
 
-@router.delete("/{model_id}", status_code=204, responses=error_responses(404, 409))
+@router.delete(
+    "/{model_id}",
+    status_code=204,
+    responses=error_responses(404, 409),
+    name="delete_model",
+    summary="Delete a tuned model",
+)
 def delete_model(model_id: str, session: SessionDep, tenant: TenantDep, storage: StorageDep) -> Response:
     row = repo.get_model(session=session, tenant_id=tenant.id, model_id=model_id)
     if row is None:
@@ -102,6 +123,8 @@ def delete_model(model_id: str, session: SessionDep, tenant: TenantDep, storage:
     response_model=PredictionResponse,
     openapi_extra=_PREDICT_DOC,
     responses=error_responses(400, 404, 409, 413, 415, 422, 503),
+    name="predict_with_model",
+    summary="Classify images with a tuned model",
 )
 async def predict(
     model_id: str,

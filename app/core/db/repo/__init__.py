@@ -19,6 +19,7 @@ from app.core.db.repo.classifiers import (
 from app.core.db.repo.common import (
     IdempotencyConflict,
     InvalidTransition,
+    PageQuery,
 )
 from app.core.db.repo.datasets import (
     create_dataset,
@@ -64,6 +65,7 @@ from app.core.db.repo.tuned_models import (
 __all__ = [
     "IdempotencyConflict",
     "InvalidTransition",
+    "PageQuery",
     "LAST_USED_RESOLUTION",
     "add_job_event",
     "authenticate",

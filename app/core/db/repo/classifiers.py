@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.core.db.repo.common import insert_once, owned_page
+from app.core.db.repo.common import PageQuery, insert_once, owned_page
 from app.core.db.tables import Classifier
 
 
@@ -19,9 +19,10 @@ def get_classifier(*, session: Session, tenant_id: str, classifier_id: str) -> C
 
 
 def list_classifiers(
-    *, session: Session, tenant_id: str, limit: int = 100, offset: int = 0
-) -> Sequence[Classifier]:
-    return owned_page(session, Classifier, tenant_id, limit, offset)
+    *, session: Session, tenant_id: str, page: PageQuery = PageQuery(), backbone: str | None = None
+) -> tuple[Sequence[Classifier], bool]:
+    conditions = () if backbone is None else (Classifier.backbone == backbone,)
+    return owned_page(session, Classifier, tenant_id, page, *conditions)
 
 
 def get_classifier_by_idempotency_key(*, session: Session, tenant_id: str, key: str) -> Classifier | None:

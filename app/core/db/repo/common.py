@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -24,18 +26,32 @@ Owned = TypeVar("Owned", Dataset, Job, TunedModel, Classifier)
 Keyed = TypeVar("Keyed", Dataset, Job, Classifier)  # the tables with an Idempotency-Key
 
 
+@dataclasses.dataclass(frozen=True)
+class PageQuery:
+    """Which page of a list: ``limit`` rows after the row ``after`` (cursor paging) or after ``offset`` rows.
+
+    ``after`` is the ``(created_at, id)`` of the previous page's last row: rows created meanwhile do not
+    shift the pages that follow, as they do with ``offset`` (kept for v1 clients).
+    """
+
+    limit: int = 100
+    offset: int = 0
+    after: tuple[datetime, str] | None = None
+
+
 def owned_page(
-    session: Session, table: type[Owned], tenant_id: str, limit: int, offset: int, *conditions: Any
-) -> Sequence[Owned]:
-    """One page of a tenant's rows, newest first (id breaks ties so pages are stable)."""
-    query = (
-        select(table)
-        .where(table.tenant_id == tenant_id, *conditions)
-        .order_by(table.created_at.desc(), table.id)
-        .limit(limit)
-        .offset(offset)
-    )
-    return session.scalars(query).all()
+    session: Session, table: type[Owned], tenant_id: str, page: PageQuery, *conditions: Any
+) -> tuple[Sequence[Owned], bool]:
+    """One page of a tenant's rows, newest first (id breaks ties so pages are stable), and whether more follow."""
+    query = select(table).where(table.tenant_id == tenant_id, *conditions)
+    if page.after is not None:
+        created, row_id = page.after
+        query = query.where(
+            or_(table.created_at < created, and_(table.created_at == created, table.id > row_id))
+        )
+    query = query.order_by(table.created_at.desc(), table.id).limit(page.limit + 1).offset(page.offset)
+    rows = session.scalars(query).all()
+    return rows[: page.limit], len(rows) > page.limit
 
 
 def idempotency_race_winner(

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.core.db.repo.common import insert_once, owned_page
+from app.core.db.repo.common import PageQuery, insert_once, owned_page
 from app.core.db.tables import Dataset, Job
 from app.core.status import ACTIVE_STATUSES
 
@@ -21,9 +21,9 @@ def create_dataset(*, session: Session, tenant_id: str, **values: Any) -> Datase
 
 
 def list_datasets(
-    *, session: Session, tenant_id: str, limit: int = 100, offset: int = 0
-) -> Sequence[Dataset]:
-    return owned_page(session, Dataset, tenant_id, limit, offset)
+    *, session: Session, tenant_id: str, page: PageQuery = PageQuery()
+) -> tuple[Sequence[Dataset], bool]:
+    return owned_page(session, Dataset, tenant_id, page)
 
 
 def get_dataset(*, session: Session, tenant_id: str, dataset_id: str) -> Dataset | None:

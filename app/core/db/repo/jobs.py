@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from app.core.db.repo.common import (
     IdempotencyConflict,
     InvalidTransition,
+    PageQuery,
     idempotency_race_winner,
     owned_page,
 )
@@ -100,10 +101,18 @@ def get_job(*, session: Session, tenant_id: str, job_id: str) -> Job | None:
 
 
 def list_jobs(
-    *, session: Session, tenant_id: str, status: str | None = None, limit: int = 100, offset: int = 0
-) -> Sequence[Job]:
-    conditions = () if status is None else (Job.status == status,)
-    return owned_page(session, Job, tenant_id, limit, offset, *conditions)
+    *,
+    session: Session,
+    tenant_id: str,
+    page: PageQuery = PageQuery(),
+    status: str | None = None,
+    method: str | None = None,
+    backbone: str | None = None,
+    dataset_id: str | None = None,
+) -> tuple[Sequence[Job], bool]:
+    filters = {Job.status: status, Job.method: method, Job.backbone: backbone, Job.dataset_id: dataset_id}
+    conditions = [column == value for column, value in filters.items() if value is not None]
+    return owned_page(session, Job, tenant_id, page, *conditions)
 
 
 def count_active_jobs(*, session: Session, tenant_id: str) -> int:

@@ -8,15 +8,23 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.core.db.repo.common import owned_page
+from app.core.db.repo.common import PageQuery, owned_page
 from app.core.db.tables import Job, TunedModel
 from app.core.status import ACTIVE_STATUSES
 
 
 def list_models(
-    *, session: Session, tenant_id: str, limit: int = 100, offset: int = 0
-) -> Sequence[TunedModel]:
-    return owned_page(session, TunedModel, tenant_id, limit, offset)
+    *,
+    session: Session,
+    tenant_id: str,
+    page: PageQuery = PageQuery(),
+    method: str | None = None,
+    backbone: str | None = None,
+    job_id: str | None = None,
+) -> tuple[Sequence[TunedModel], bool]:
+    filters = {TunedModel.method: method, TunedModel.backbone: backbone, TunedModel.job_id: job_id}
+    conditions = [column == value for column, value in filters.items() if value is not None]
+    return owned_page(session, TunedModel, tenant_id, page, *conditions)
 
 
 def get_model(*, session: Session, tenant_id: str, model_id: str) -> TunedModel | None:
