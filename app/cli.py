@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 
 from app.core.settings import get_settings
 
@@ -50,6 +51,47 @@ def _keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys_list(args: argparse.Namespace) -> int:
+    from app.core.db import repo
+    from app.core.db.session import session_scope
+
+    with session_scope(get_settings().resolved_database_url) as session:
+        tenants = repo.list_tenants(session=session)
+        if args.tenant is not None:
+            tenants = [t for t in tenants if t.name == args.tenant]
+            if not tenants:
+                print(f"error: no tenant named {args.tenant!r}", file=sys.stderr)
+                return 1
+        print(f"{'TENANT':<24} {'PREFIX':<14} {'CREATED':<20} {'LAST USED':<20} STATUS")
+        for tenant in tenants:
+            for key in repo.list_api_keys(session=session, tenant_id=tenant.id):
+                status = f"revoked {_when(key.revoked_at)}" if key.revoked_at else "active"
+                print(
+                    f"{tenant.name:<24} {key.prefix:<14} {_when(key.created_at):<20} "
+                    f"{_when(key.last_used_at):<20} {status}"
+                )
+    return 0
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M") if moment is not None else "-"
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    from app.core.db import repo
+    from app.core.db.session import session_scope
+    from app.core.security import parse_prefix
+
+    prefix = parse_prefix(args.key) or args.key  # a whole key or the prefix `keys list` shows
+    with session_scope(get_settings().resolved_database_url) as session:
+        tenant = repo.get_tenant_by_name(session=session, name=args.tenant)
+        if tenant is None or not repo.revoke_api_key(session=session, tenant_id=tenant.id, prefix=prefix):
+            print(f"error: tenant {args.tenant!r} has no key {prefix!r}", file=sys.stderr)
+            return 1
+    print(f"revoked key {prefix} of tenant {args.tenant}: requests with it now get 401")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from devstack.demo import run_demo
 
@@ -80,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     k = keys.add_parser("create", help="create an API key (and the tenant if needed); prints it once")
     k.add_argument("--tenant", required=True, help="tenant name")
     k.set_defaults(func=_keys_create)
+    k = keys.add_parser("list", help="list API keys (prefix, created, last used, revoked); never the keys")
+    k.add_argument("--tenant", default=None, help="only this tenant's (default: every tenant's)")
+    k.set_defaults(func=_keys_list)
+    k = keys.add_parser("revoke", help="revoke an API key at once")
+    k.add_argument("--tenant", required=True, help="tenant name")
+    k.add_argument("key", help="the key, or its prefix as `keys list` shows it")
+    k.set_defaults(func=_keys_revoke)
 
     p = sub.add_parser(
         "demo", help="run everything locally: build the small pretrained zoo, tune SPT on digits, predict"

@@ -52,6 +52,7 @@ from app.core.db.repo.tenants import (
     get_or_create_tenant,
     get_tenant_by_name,
     list_api_keys,
+    list_tenants,
     revoke_api_key,
 )
 from app.core.db.repo.tuned_models import (
@@ -93,6 +94,7 @@ __all__ = [
     "get_or_create_tenant",
     "get_tenant_by_name",
     "list_api_keys",
+    "list_tenants",
     "list_classifiers",
     "list_datasets",
     "list_job_events",

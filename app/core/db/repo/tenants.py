@@ -26,6 +26,11 @@ def get_tenant_by_name(*, session: Session, name: str) -> Tenant | None:
     return session.scalar(select(Tenant).where(Tenant.name == name))
 
 
+def list_tenants(*, session: Session) -> Sequence[Tenant]:
+    """Every tenant, by name (the admin CLI's view; the API never lists tenants)."""
+    return session.scalars(select(Tenant).order_by(Tenant.name)).all()
+
+
 def get_or_create_tenant(*, session: Session, name: str) -> Tenant:
     return get_tenant_by_name(session=session, name=name) or create_tenant(session=session, name=name)
 
