@@ -2,7 +2,8 @@
 
 ``ensure_zoo`` builds (or reuses from ``zoo_dir``) Promptune's own pretrained backbones with
 :func:`models.zoo.build.build_zoo` (profile ``demo`` for the demo, ``quick`` for the tests) and returns
-the registry JSON the service reads as ``PROMPTUNE_BACKBONES_FILE``. The demo and the tests that claim
+the registry JSON the service reads as ``PROMPTUNE_BACKBONES_FILE``; a zoo built in ``data_dir/zoo``
+(``app.core.catalogue.zoo_dir``) is also found by a plain ``promptune serve`` (docs/backbones.md). The demo and the tests that claim
 learning use them.
 
 ``ensure_demo_backbones`` writes ``demo-vit`` and ``demo-clip``: tiny architectures with RANDOM weights,
@@ -60,13 +61,17 @@ def ensure_zoo(
     The CLIP's zero-shot evaluation is skipped (the demo measures its own). CPU-only machines train on
     the CPU; a CUDA device is used when present (the device is not part of the recipe hash).
     """
-    from models.zoo.build import REGISTRY_NAME, build_zoo
+    from app.core.catalogue import ZOO_REGISTRY_NAME  # where the service looks for a zoo's registry
+    from models.zoo.build import build_zoo
 
     started = time.monotonic()
-    result = build_zoo(zoo_dir, profile=profile, only=list(names), evaluate=False, log=log)
+    registry = (zoo_dir / ZOO_REGISTRY_NAME).resolve()
+    result = build_zoo(
+        zoo_dir, profile=profile, only=list(names), evaluate=False, log=log, registry_path=registry
+    )
     built = {n: float(result["manifests"][n]["train_seconds"]) for n in result["built"]}
     return ZooBuild(
-        registry=(zoo_dir / REGISTRY_NAME).resolve(),
+        registry=registry,
         seconds=time.monotonic() - started,
         built=built,
         cached=list(result["cached"]),
@@ -76,10 +81,11 @@ def ensure_zoo(
 # ---- random-init backbones (tests that claim nothing about learning) --------------------------------
 def ensure_demo_backbones(zoo_dir: Path) -> Path:
     """Write ``demo-vit`` and ``demo-clip`` (seeded random init) and their registry; reuse if intact."""
+    from app.core.catalogue import ZOO_REGISTRY_NAME
     from models import sha256_file
 
     zoo_dir = zoo_dir.resolve()
-    registry_path, version_path = zoo_dir / "backbones.json", zoo_dir / "zoo-version"
+    registry_path, version_path = zoo_dir / ZOO_REGISTRY_NAME, zoo_dir / "zoo-version"
     with contextlib.suppress(OSError, ValueError, KeyError):
         if version_path.read_text().strip() == str(RANDOM_VERSION):
             registry = json.loads(registry_path.read_text())

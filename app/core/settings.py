@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     # an fsspec URL (s3://bucket/prefix) in production.
     storage_url: str | None = None
     backbones_file: Path | None = None
+    # "add": the file's backbones join the built-in catalogue and the zoo (its names win on a clash);
+    # "replace": the file is the whole registry (docs/backbones.md).
+    backbones_file_mode: Literal["add", "replace"] = "add"
     # Extra prompt-learning methods: comma-separated importable modules that call models.register_method
     # (installed packages can use the entry point group "promptune.methods" instead).
     method_modules: str = ""

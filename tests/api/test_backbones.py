@@ -1,4 +1,4 @@
-"""GET /v1/backbones: the registry file, with offline availability."""
+"""GET /v1/backbones: the registry file, with offline availability (the catalogue: test_backbone_catalogue.py)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from models.backbones.spec import BackboneSpec
 def test_list_backbones(client: TestClient, headers_a: dict[str, str]) -> None:
     response = client.get("/v1/backbones", headers=headers_a)
     assert response.status_code == 200
-    by_name = {b["name"]: b for b in response.json()}
-    assert set(by_name) == {"tiny-vit", "tiny-clip", "missing-vit"}
+    by_name = {b["name"]: b for b in response.json()["data"]}
+    assert {"tiny-vit", "tiny-clip", "missing-vit"} <= set(by_name)  # and the built-in catalogue
     assert by_name["tiny-clip"] == {
         "name": "tiny-clip",
         "family": "open_clip",
@@ -23,6 +23,12 @@ def test_list_backbones(client: TestClient, headers_a: dict[str, str]) -> None:
         "weights": "random",
         "kind": "clip",
         "available": True,
+        "availability": "local",
+        "size_bytes": None,
+        "num_params": None,
+        "source": "file",
+        "description": "",
+        "sha256": None,
     }
     assert by_name["missing-vit"]["available"] is False
 
@@ -31,7 +37,7 @@ def test_registry_file_is_reread(client: TestClient, headers_a: dict[str, str], 
     data = json.loads(backbones_file.read_text())
     data["extra"] = {**data["tiny-vit"]}
     backbones_file.write_text(json.dumps(data))
-    names = {b["name"] for b in client.get("/v1/backbones", headers=headers_a).json()}
+    names = {b["name"] for b in client.get("/v1/backbones", headers=headers_a).json()["data"]}
     assert "extra" in names
 
 

@@ -318,3 +318,14 @@ def test_events_after_and_sse(
     assert len(blocks) == 2
     assert blocks[0].startswith(f"id: {events[2]['id']}\nevent: metrics\ndata: ")
     assert '"step 2"' in blocks[1]
+
+
+def test_a_backbone_that_cannot_load_is_refused_at_create(
+    client: TestClient, headers_a: dict[str, str], dataset_id: str, enqueued: list[str]
+) -> None:
+    # The catalogue's MoCo-v3 ViT is a local file nobody downloaded here: the job would only fail in the
+    # worker, so the API says so at once.
+    body = {**spt_job(dataset_id), "backbone": "vit-b-16-mocov3"}
+    error = assert_error(client.post("/v1/jobs", headers=headers_a, json=body), 409, "backbone_unavailable")
+    assert error["param"] == "backbone" and "GET /v1/backbones" in error["message"]
+    assert client.get("/v1/jobs", headers=headers_a).json()["data"] == [] and enqueued == []

@@ -16,6 +16,8 @@ from starlette.concurrency import run_in_threadpool
 from app.api.deps import RegistryDep, SessionDep, SettingsDep, TenantDep
 from app.api.errors import ApiError, error_responses, not_found
 from app.api.paging import PageDep, page_of
+from app.core.backbones import BackboneRegistry
+from app.core.catalogue import backbone_status
 from app.core.db import repo
 from app.core.db.tables import Job
 from app.core.job_plan import JobConfigError, build_plan
@@ -77,6 +79,7 @@ def create_job(
         raise ApiError(_CONFIG_STATUS.get(exc.code, 422), exc.code, exc.message, param=exc.param) from None
     if repo.get_dataset(session=session, tenant_id=tenant.id, dataset_id=body.dataset_id) is None:
         raise not_found("dataset", "dataset_id")
+    _require_loadable(registry, body.backbone)
     if (
         repo.count_active_jobs(session=session, tenant_id=tenant.id)
         >= settings.max_concurrent_jobs_per_tenant
@@ -106,6 +109,19 @@ def create_job(
         return JobPublic.from_row(job)
     _enqueue(request, job.id)
     return JobPublic.from_row(job)
+
+
+def _require_loadable(backbones: BackboneRegistry, name: str) -> None:
+    """Refuse a job whose backbone cannot load (not on disk and the hub out of reach): it would only fail
+    in the worker, minutes later, with weights_not_found."""
+    if not backbone_status(backbones.specs[name], backbones.info_for(name)).available:
+        raise ApiError(
+            409,
+            "backbone_unavailable",
+            f"backbone {name!r} cannot load on this server now: its weights are neither on disk nor "
+            "downloadable (see GET /v1/backbones for what is available)",
+            param="backbone",
+        )
 
 
 def _replay(job: Job, body: JobCreate, response: Response) -> JobPublic:
