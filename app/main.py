@@ -12,8 +12,9 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from app.api.errors import install_error_handlers
+from app.api.openapi import install_method_schemas
 from app.api.routes import backbones, classifiers, datasets, health, jobs, methods, predict, tuned_models
-from app.core.backbones import RegistryFile
+from app.core.catalogue import ServerRegistry
 from app.core.db import repo
 from app.core.db.session import get_engine, session_factory
 from app.core.methods import load_method_modules
@@ -48,7 +49,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Callable[[str], Non
     app.state.engine = get_engine(url)
     app.state.sessionmaker = session_factory(url)
     app.state.storage = make_storage(settings.storage_url, settings.data_dir)
-    app.state.backbones = RegistryFile(settings.backbones_file)
+    app.state.backbones = ServerRegistry(settings)
     app.state.serving = InferenceEngine(settings)
     app.state.inference = InferenceCache(settings.inference_cache_size, device=app.state.serving.device)
     app.state.enqueue = enqueue or enqueue_job
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Callable[[str], Non
     install_error_handlers(app)
     for module in (health, datasets, backbones, methods, jobs, tuned_models, predict, classifiers):
         app.include_router(module.router)
+    install_method_schemas(app)  # after every route: it rewrites JobCreate.config in the finished document
     return app
 
 

@@ -4,14 +4,21 @@ The registry is the one place that knows which methods exist and what each can d
 (``models/rpp``, ``models/spt``, or a module outside this repository) registers its config and model
 class under a lowercase name at import time; a duplicate or malformed registration fails at import, not
 at run time. The service derives its job fields, their JSON Schema and its checks from these entries.
+
+A method may also declare its training defaults (``train_defaults``): values of ``TrainConfig`` fields that
+replace the library-wide defaults for jobs of that method, keyed by backbone kind (``BackboneSpec.kind``)
+with ``"*"`` for every kind; a kind's own entry is laid over ``"*"``. A method without them trains with
+``TrainConfig``'s defaults.
 """
 
 from __future__ import annotations
 
 import re
+import types
+import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from .backbones.spec import Backbone
@@ -24,6 +31,10 @@ CAPABILITIES = {
     "zero_shot": "classifies arbitrary class names zero-shot (set_class_names on a loaded model)",
     "init_from": "can start from another model of the same method (the job field init_from)",
 }
+ANY_KIND = "*"  # the train_defaults layer that applies on every backbone kind
+# A method's defaults cover the recipe, not the run: the seed belongs to the job, and runtime fields
+# (threads, checkpoint cadence, step caps) to whoever runs it.
+_NOT_DEFAULTABLE = frozenset({"seed"})
 
 
 @dataclass(frozen=True)
@@ -34,9 +45,18 @@ class MethodEntry:
     family: str  # the backbone family the method runs on: "open_clip" or "timm"
     capabilities: frozenset[str] = field(default_factory=frozenset)
     description: str = ""
+    # backbone kind (or "*") -> TrainConfig field -> value; read-only (see register_method)
+    train_defaults: Mapping[str, Mapping[str, Any]] = field(
+        default_factory=lambda: types.MappingProxyType({})
+    )
+    ANY_KIND: ClassVar[str] = ANY_KIND
 
     def can(self, capability: str) -> bool:
         return capability in self.capabilities
+
+    def train_defaults_for(self, kind: str) -> dict[str, Any]:
+        """The method's TrainConfig defaults on a backbone of ``kind``: the ``"*"`` layer, then the kind's."""
+        return {**self.train_defaults.get(ANY_KIND, {}), **self.train_defaults.get(kind, {})}
 
     def config_schema(self) -> dict[str, Any]:
         """The JSON Schema of the method's config: its dataclass fields plus its request shorthands."""
@@ -73,6 +93,7 @@ def register_method(
     family: str,
     capabilities: Iterable[str] = (),
     description: str = "",
+    train_defaults: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> MethodEntry:
     """Register a prompt-learning method; raises ``ValueError`` on a bad or duplicate registration.
 
@@ -83,6 +104,9 @@ def register_method(
         family: the backbone family it runs on (``open_clip`` or ``timm``).
         capabilities: names from :data:`CAPABILITIES`.
         description: one line for listings.
+        train_defaults: ``{kind: {TrainConfig field: value}}`` replacing TrainConfig's defaults for this
+            method's jobs; kinds are ``BackboneSpec.kind`` values or ``"*"`` (every kind, under the kind's
+            own entry). Every layer must make a valid TrainConfig; ``seed`` and runtime fields are refused.
     """
     from .base import MethodConfig, PromptMethod
 
@@ -100,10 +124,40 @@ def register_method(
     unknown = sorted(set(capabilities) - set(CAPABILITIES))
     if unknown:
         raise ValueError(f"method {name!r}: unknown capabilities {unknown} (known: {sorted(CAPABILITIES)})")
-    entry = MethodEntry(name, config_cls, model_cls, family, frozenset(capabilities), description)
+    defaults = _checked_train_defaults(name, train_defaults or {})
+    entry = MethodEntry(name, config_cls, model_cls, family, frozenset(capabilities), description, defaults)
     _METHODS[name] = entry
     model_cls.method_name = name
     return entry
+
+
+def _checked_train_defaults(
+    name: str, table: Mapping[str, Mapping[str, Any]]
+) -> Mapping[str, Mapping[str, Any]]:
+    """``table`` frozen, after checking its kinds, its fields and that each kind's layers make a TrainConfig."""
+    if not table:
+        return types.MappingProxyType({})
+    from .backbones.spec import WeightsKind
+    from .engine.config import TrainConfig
+    from .errors import ConfigError
+    from .schema import config_schema
+
+    kinds = {ANY_KIND, *typing.get_args(WeightsKind)}
+    fields = set(config_schema(TrainConfig)["properties"]) - _NOT_DEFAULTABLE
+    checked: dict[str, Mapping[str, Any]] = {}
+    for kind, values in table.items():
+        if kind not in kinds:
+            raise ValueError(f"method {name!r}: train_defaults kind {kind!r} is not one of {sorted(kinds)}")
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise ValueError(f"method {name!r}: train_defaults[{kind!r}] sets {unknown}, not recipe fields")
+        layered = {**table.get(ANY_KIND, {}), **values}
+        try:
+            TrainConfig.from_dict(layered)
+        except ConfigError as exc:
+            raise ValueError(f"method {name!r}: train_defaults[{kind!r}]: {exc}") from None
+        checked[kind] = types.MappingProxyType(dict(values))
+    return types.MappingProxyType(checked)
 
 
 def list_methods() -> list[str]:

@@ -23,6 +23,16 @@ DEFAULT_TEMPLATES = ("a photo of a {}.",)
 SHORTHAND_DESIGNS = ("qkv", "shared", "coop")
 MAX_TEMPLATES = 256
 
+# Training defaults of RPP jobs (TrainConfig fields; registry.register_method(train_defaults=...)). RPP runs
+# on CLIP backbones only, so one layer serves every kind. Where each number comes from:
+# - lr 5e-3: the benchmark's RPP "select" rows (docs/benchmarks/results.jsonl, zoo-clip-tiny, AdamW, 10
+#   epochs, batch 128, grid 2e-3 / 5e-3, chosen on the source validation split): 5e-3 won for rpp-kd
+#   (the default design, 60.7 vs 60.6 %), rpp-nokd (60.9 vs 59.6 %) and shared (59.9 vs 58.9 %); only
+#   coop preferred 2e-3 (60.9 vs 60.6 %). POMP's own 2e-3 is for SGD at batch 256 (docs/methods.md A.4).
+# - warmup_epochs 1: the benchmark's warm-up (min(1, epochs / 2), models/bench/rpp_runs.py); a job with
+#   fewer epochs gets at most half of them (app/core/job_plan.py).
+TRAIN_DEFAULTS = {"*": {"lr": 5e-3, "warmup_epochs": 1.0}}
+
 
 @dataclasses.dataclass
 class RPPConfig(MethodConfig):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..registry import register_method
-from .config import SPTConfig
+from .config import TRAIN_DEFAULTS, SPTConfig
 from .model import SPTModel
 from .prototypes import PrototypeStats, compute_prototypes
 
@@ -12,6 +12,7 @@ register_method(
     config_cls=SPTConfig,
     model_cls=SPTModel,
     family="timm",
+    train_defaults=TRAIN_DEFAULTS,
     description="self-prompt tuning of a frozen ViT (VPT with init=xavier)",
 )
 

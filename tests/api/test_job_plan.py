@@ -35,6 +35,9 @@ def refusal(method: str, config: dict[str, Any]) -> JobConfigError:
 
 def _outside_values(schema: dict[str, Any]) -> list[Any]:
     """Values the schema itself says are invalid (one per declared limit)."""
+    if "anyOf" in schema:  # e.g. lr: a bounded number or "auto": a value outside the number's limits
+        numbers = [branch for branch in schema["anyOf"] if branch.get("type") == "number"]
+        return [*(v for branch in numbers for v in _outside_values(branch)), "not-a-number-nor-a-keyword"]
     bad: list[Any] = []
     if "enum" in schema:
         bad.append("not-one-of-the-choices")
