@@ -329,3 +329,13 @@ def test_a_backbone_that_cannot_load_is_refused_at_create(
     error = assert_error(client.post("/v1/jobs", headers=headers_a, json=body), 409, "backbone_unavailable")
     assert error["param"] == "backbone" and "GET /v1/backbones" in error["message"]
     assert client.get("/v1/jobs", headers=headers_a).json()["data"] == [] and enqueued == []
+
+
+def test_lr_auto_needs_a_validation_split(
+    client: TestClient, headers_a: dict[str, str], dataset_id: str
+) -> None:
+    no_val = spt_job(dataset_id, lr="auto", val_fraction=0)
+    error = assert_error(client.post("/v1/jobs", headers=headers_a, json=no_val), 422, "invalid_config")
+    assert error["param"] == "config.lr" and "validation" in error["message"]
+    carved = client.post("/v1/jobs", headers=headers_a, json=spt_job(dataset_id, lr="auto", val_fraction=0.2))
+    assert carved.status_code == 201, carved.text

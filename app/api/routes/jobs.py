@@ -65,7 +65,7 @@ def create_job(
         if existing is not None:
             return _replay(existing, body, response)
     try:
-        build_plan(
+        plan = build_plan(
             method=body.method,
             backbone=body.backbone,
             config=body.config,
@@ -77,8 +77,17 @@ def create_job(
         )
     except JobConfigError as exc:
         raise ApiError(_CONFIG_STATUS.get(exc.code, 422), exc.code, exc.message, param=exc.param) from None
-    if repo.get_dataset(session=session, tenant_id=tenant.id, dataset_id=body.dataset_id) is None:
+    dataset = repo.get_dataset(session=session, tenant_id=tenant.id, dataset_id=body.dataset_id)
+    if dataset is None:
         raise not_found("dataset", "dataset_id")
+    if plan.lr_grid is not None and not (dataset.splits or {}).get("val") and plan.val_fraction == 0:
+        raise ApiError(
+            422,
+            "invalid_config",
+            'config.lr: "auto" chooses on the validation split, and this job has none: the dataset has no '
+            "val split and config.val_fraction is 0",
+            param="config.lr",
+        )
     _require_loadable(registry, body.backbone)
     if (
         repo.count_active_jobs(session=session, tenant_id=tenant.id)
