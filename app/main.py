@@ -13,7 +13,17 @@ from fastapi.routing import APIRoute
 
 from app.api.errors import install_error_handlers
 from app.api.openapi import install_method_schemas
-from app.api.routes import backbones, classifiers, datasets, health, jobs, methods, predict, tuned_models
+from app.api.routes import (
+    backbones,
+    classifiers,
+    datasets,
+    health,
+    jobs,
+    methods,
+    model_reports,
+    predict,
+    tuned_models,
+)
 from app.core.catalogue import ServerRegistry
 from app.core.db import repo
 from app.core.db.session import get_engine, session_factory
@@ -62,7 +72,8 @@ def create_app(settings: Settings | None = None, *, enqueue: Callable[[str], Non
     app.state.serving.instrument(app.state.metrics.registry)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)
-    for module in (health, datasets, backbones, methods, jobs, tuned_models, predict, classifiers):
+    routers = (health, datasets, backbones, methods, jobs, tuned_models, model_reports, predict, classifiers)
+    for module in routers:
         app.include_router(module.router)
     install_method_schemas(app)  # after every route: it rewrites JobCreate.config in the finished document
     return app

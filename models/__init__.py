@@ -52,8 +52,10 @@ _EXPORTS = {
     "build_method": ".registry",
     "CAPABILITIES": ".registry",
     "CheckpointError": ".errors",
+    "classification_metrics": ".evaluation",
     "config_schema": ".schema",
     "ConfigError": ".errors",
+    "confusion_matrix": ".evaluation",
     "data": ".data",
     "DataError": ".errors",
     "forward_groups": ".batching",
@@ -66,6 +68,7 @@ _EXPORTS = {
     "MethodConfig": ".base",
     "MethodEntry": ".registry",
     "option": ".config",
+    "predict_dataset": ".evaluation",
     "predict_topk": ".inference",
     "Preprocessing": ".backbones",
     "PromptMethod": ".base",
@@ -84,6 +87,9 @@ _EXPORTS = {
     "TrainingCancelled": ".errors",
     "TrainingPaused": ".errors",
     "TrainResult": ".engine",
+    "search_lr": ".engine.lr_search",
+    "LrSearchResult": ".engine.lr_search",
+    "LrTrial": ".engine.lr_search",
     "TunedPredictor": ".inference",
     "verify_sha256": ".backbones.weights",
     "WeightsIntegrityError": ".errors",
@@ -105,6 +111,9 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "Trainer",
+    "LrSearchResult",
+    "LrTrial",
+    "search_lr",
     "TrainingCancelled",
     "TrainingPaused",
     "TunedPredictor",
@@ -116,7 +125,9 @@ __all__ = [
     "atomic_write_bytes",
     "batched_logits",
     "build_method",
+    "classification_metrics",
     "config_schema",
+    "confusion_matrix",
     "data",
     "forward_groups",
     "get_method",
@@ -126,6 +137,7 @@ __all__ = [
     "method_config",
     "method_entries",
     "option",
+    "predict_dataset",
     "predict_topk",
     "read_checkpoint_metadata",
     "read_state",
@@ -155,6 +167,7 @@ if TYPE_CHECKING:
     from .checkpoint import load_checkpoint, read_checkpoint_metadata, save_checkpoint
     from .config import option
     from .engine import TrainConfig, Trainer, TrainResult, read_state, state_files
+    from .engine.lr_search import LrSearchResult, LrTrial, search_lr
     from .errors import (
         CheckpointError,
         ConfigError,
@@ -165,6 +178,7 @@ if TYPE_CHECKING:
         WeightsIntegrityError,
         WeightsNotFoundError,
     )
+    from .evaluation import classification_metrics, confusion_matrix, predict_dataset
     from .fileio import atomic_path, atomic_write_bytes
     from .inference import TunedPredictor, ZeroShotClassifier, predict_topk
     from .registry import (

@@ -9,36 +9,43 @@ A Celery delivery calls :func:`run_job`. The database decides what happens (work
 3. phases ``loading`` (backbone from the server registry, dataset from storage via its manifest),
    ``preparing`` (the method's data-dependent init, e.g. SPT prototypes, only on a fresh run),
    ``training`` (models' Trainer; after every resume-state write the state is copied to storage
-   ``jobs/<job_id>/`` so a worker on another host resumes it exactly), ``saving`` (one safetensors
-   checkpoint to ``models/<tenant>/<model_id>.safetensors`` + a tuned_models row with its sha256).
+   ``jobs/<job_id>/`` so a worker on another host resumes it exactly), ``saving`` (the kept epoch
+   evaluated on the test split, else the validation split, into the model's report; one safetensors
+   checkpoint to ``models/<tenant>/<model_id>.safetensors``, the report's plots and card under
+   ``models/<tenant>/<model_id>/``, then a tuned_models row with the sha256 and the report).
 4. errors map to ``error.code``: the models library's codes (invalid_dataset, invalid_config,
    weights_not_found, checksum_mismatch, ...), ``timeout``, ``oom``, ``cancelled_by_user``;
    anything else is ``internal`` and the job is released for another attempt while attempts remain.
 5. a worker shutting down (SIGTERM, worker/shutdown.py) stops at the next training step with a resume
    state and hands the job back (queued, the attempt not counted, a new message sent).
 The lease heartbeat and trainer callbacks live in worker/reporting.py, the storage mirror of the
-resume state in worker/sync.py, the error mapping in worker/errors.py.
+resume state in worker/sync.py, the error mapping in worker/errors.py, the dataset loading in
+worker/job_data.py, the report in worker/model_report.py and its plots and card in worker/report_assets.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import shutil
 import socket
 import tempfile
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from app.core.db.tables import new_id
 from app.core.settings import Settings, get_settings
 from app.core.status import JobStatus
-from app.core.storage import Storage, make_storage, model_key
+from app.core.storage import Storage, delete_model_files, make_storage, model_key
 from worker import shutdown
 from worker.errors import classify_error
-from worker.reporting import JobReporter, LeaseKeeper, LeaseLost, jsonable
+from worker.job_data import LoadedData, load_init_from, load_job_data
+from worker.model_report import build_report, evaluate_held_out, job_metrics
+from worker.report_assets import card_facts, render_assets, store_assets
+from worker.reporting import JobReporter, LeaseKeeper, LeaseLost
 from worker.state import JobSpec, JobStore, Lease
 from worker.sync import ResumeSync
 
@@ -71,15 +78,6 @@ def default_owner() -> str:
 
 
 # ---- the job -------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class LoadedData:
-    class_names: list[str]
-    train: Any
-    val: Any
-    test: Any
-    split: dict[str, list[str]]  # sample paths per split (stored in the checkpoint)
-
-
 class JobRun:
     """One attempt at one claimed job."""
 
@@ -136,57 +134,113 @@ class JobRun:
 
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
-        spec = self.spec
-        self._phase("loading", f"loading backbone {spec.backbone!r} and the dataset")
+        # loading: the server's configs for the job, the backbone, the dataset's splits, the method
+        self._phase("loading", f"loading backbone {self.spec.backbone!r} and the dataset")
         plan = self._plan()
         backbone = models.load_backbone(plan.backbone)
-        data = self._load_data(backbone, val_fraction=plan.val_fraction, shots=plan.shots)
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        method = models.build_method(spec.method, backbone, plan.method_config, data.class_names)
-        if plan.init_from:
-            self._init_from(method, plan.init_from)
-        train_config = plan.train_config
-        backbone.model.to(device)
-        method.to(device)
-
-        trainer = self._trainer(method, train_config, data)
+        data = load_job_data(
+            self.store,
+            self.storage,
+            self.spec,
+            backbone.transform,
+            val_fraction=plan.val_fraction,
+            shots=plan.shots,
+        )
+        method = self._build_method(plan, backbone, data)
+        # preparing + training (resumed from the stored state when there is one; lr "auto" searched first)
+        state = self._pull_resume_state()
+        train_config, lr_search = self._learning_rate(plan, backbone, data, state)
+        trainer = self._trainer(method, train_config, data, state)
         result = trainer.fit()
-
+        # saving: the kept epoch measured on the held-out split, its report, checkpoint and assets
         self._phase("saving", "evaluating and saving the tuned model")
         method.load_learned_state_dict(result.best_state)
-        metrics = jsonable(result.metrics)
-        if data.test is not None:
-            test = trainer.evaluate(data.test)
-            metrics.update(test_acc=round(test["acc"], 6), test_loss=round(test["loss"], 6))
-        metrics.update(
-            num_train=len(data.train),
-            num_val=len(data.val) if data.val is not None else 0,
-            num_test=len(data.test) if data.test is not None else 0,
-        )
-        model_id = self._save(method.to("cpu"), train_config, metrics, data)
+        held_out = evaluate_held_out(trainer, data)
+        metrics = job_metrics(result, held_out, data)
+        model_id = new_id()
+        report = build_report(model_id, held_out, data.class_names, result.history, lr_search=lr_search)
+        self._save(model_id, method.to("cpu"), plan, metrics, data, report, best_epoch=result.best_epoch)
         self.cleanup(keep_resume_state=False)
         return model_id, metrics
 
+    # ---- stages ----
+    def _build_method(self, plan: Any, backbone: Any, data: LoadedData) -> PromptMethod:
+        """The job's method on the training device, started from ``init_from`` when the job names one."""
+        import torch
+
+        import models
+
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        method = models.build_method(self.spec.method, backbone, plan.method_config, data.class_names)
+        if plan.init_from:
+            load_init_from(self.store, self.storage, self.spec, method, plan.init_from)
+        backbone.model.to(device)
+        return method.to(device)
+
     # ---- pieces ----
-    def _trainer(self, method: PromptMethod, train_config: TrainConfig, data: LoadedData) -> Any:
-        """A Trainer on this attempt's folder, primed with the stored resume state when there is one."""
-        from models import Trainer, read_state
+    def _pull_resume_state(self) -> Any:
+        """The stored resume state, copied into this attempt's fresh folder (None on a fresh run)."""
+        from models import read_state
 
         shutil.rmtree(self.work_dir, ignore_errors=True)
-        state = read_state(self.work_dir) if self.sync.pull(self.work_dir) else None
-        if state is not None:
-            self._phase("training", "resuming from the last saved state", {"resumed_from_step": state.step})
-        else:
-            self._phase("preparing", "preparing the prompts")
-        reporter = JobReporter(
+        return read_state(self.work_dir) if self.sync.pull(self.work_dir) else None
+
+    def _learning_rate(
+        self, plan: Any, backbone: Any, data: LoadedData, state: Any
+    ) -> tuple[TrainConfig, dict[str, Any] | None]:
+        """The recipe to train with, and the lr search's record when the job asked for ``lr: "auto"``.
+
+        A resumed job keeps the rate its state was trained with (a new search could choose another);
+        its record is the one the first attempt wrote into the job's events.
+        """
+        from worker.lr_auto import choose_lr, resumed_lr
+
+        if plan.lr_grid is None:
+            return plan.train_config, None
+        resumed = resumed_lr(state, plan) if state is not None else None
+        if resumed is not None:
+            return resumed, self.store.last_event_data(self.spec.id, "lr_search")
+        self._phase("preparing", f"choosing the learning rate among {', '.join(map(str, plan.lr_grid))}")
+        reporter = self._reporter("preparing")
+
+        def report(text: str, record: dict[str, Any]) -> None:
+            if not self.store.message(self.lease, text, {"lr_search": record}):
+                self.keeper.lost.set()
+                raise LeaseLost(self.lease.job_id)
+
+        init = partial(load_init_from, self.store, self.storage, self.spec, model_id=plan.init_from)
+        return choose_lr(
+            method_name=self.spec.method,
+            backbone=backbone,
+            plan=plan,
+            data=data,
+            device=next(backbone.model.parameters()).device,
+            report=report,
+            init_method=init,
+            should_stop=reporter.should_stop,
+            should_pause=reporter.should_pause,
+        )
+
+    def _reporter(self, phase: str) -> JobReporter:
+        return JobReporter(
             self.store,
             self.lease,
             self.keeper,
             self.sync,
             self.work_dir,
-            phase="training" if state is not None else "preparing",
+            phase=phase,
             progress_seconds=self.settings.progress_interval_seconds,
         )
+
+    def _trainer(self, method: PromptMethod, train_config: TrainConfig, data: LoadedData, state: Any) -> Any:
+        """A Trainer on this attempt's folder, primed with the stored resume state when there is one."""
+        from models import Trainer
+
+        if state is not None:
+            self._phase("training", "resuming from the last saved state", {"resumed_from_step": state.step})
+        else:
+            self._phase("preparing", "preparing the prompts")
+        reporter = self._reporter("training" if state is not None else "preparing")
         return Trainer(
             method,
             train_config,
@@ -200,7 +254,7 @@ class JobRun:
 
     def _plan(self) -> Any:
         """The job's configs, validated exactly as the API validated them (app/core/job_plan.py)."""
-        from app.core.backbones import load_registry
+        from app.core.catalogue import server_registry
         from app.core.job_plan import build_plan
 
         return build_plan(
@@ -208,81 +262,27 @@ class JobRun:
             backbone=self.spec.backbone,
             config=self.spec.config,
             seed=self.spec.seed,
-            specs=load_registry(self.settings.backbones_file).specs,
+            specs=server_registry(self.settings).specs,
             max_epochs=self.settings.max_epochs,
             checkpoint_every_steps=self.settings.checkpoint_every_steps,
         )
 
-    def _load_data(self, backbone: Any, *, val_fraction: float, shots: int | None) -> LoadedData:
-        from models import DataError
-        from models import data as mdata
-
-        if self.spec.dataset_id is None:
-            raise DataError("the job's dataset was deleted")
-        row = self.store.dataset(tenant_id=self.spec.tenant_id, dataset_id=self.spec.dataset_id)
-        if row is None:
-            raise DataError("the job's dataset was deleted")
-        manifest = self._localise(row.storage_key)
-        # The images were decoded and checked at upload; a header check catches storage damage.
-        listing = mdata.read_manifest(manifest, class_names=row.classes or None, verify="header")
-        splits = mdata.split_samples(listing.samples, val_fraction=val_fraction, seed=self.spec.seed)
-        if shots is not None:
-            splits["train"] = mdata.few_shot(splits["train"], shots, seed=self.spec.seed)
-        if not splits.get("train"):
-            raise DataError("the dataset has no training images")
-
-        def make(split: str) -> Any:
-            items = splits.get(split)
-            return listing.dataset(backbone.transform, samples=items) if items else None
-
-        return LoadedData(
-            list(listing.class_names),
-            make("train"),
-            make("val"),
-            make("test"),
-            mdata.split_paths({k: v for k, v in splits.items() if v}),
-        )
-
-    def _localise(self, prefix: str) -> Path:
-        """A local path of the dataset's manifest, with every image it names available beside it."""
-        manifest_key = f"{prefix}/manifest.jsonl"
-        local = self.storage.get_local_path(manifest_key)
-        for line in local.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                self.storage.get_local_path(f"{prefix}/{json.loads(line)['path']}")
-        return local
-
-    def _init_from(self, method: PromptMethod, model_id: str) -> None:
-        """Start from an earlier RPP checkpoint's learned prompts (downstream tuning)."""
-        from safetensors.torch import load_file
-
-        from models import ConfigError, read_checkpoint_metadata, verify_sha256
-
-        row = self.store.tuned_model(tenant_id=self.spec.tenant_id, model_id=model_id)
-        if row is None:
-            raise ConfigError("init_from", f"model {model_id!r} not found")
-        path = self.storage.get_local_path(row.checkpoint_key)
-        verify_sha256(path, row.checkpoint_sha256)
-        meta = read_checkpoint_metadata(path)
-        if meta.get("method") != self.spec.method:
-            raise ConfigError(
-                "init_from",
-                f"model {model_id!r} is a {meta.get('method')!r} checkpoint, not {self.spec.method!r}",
-            )
-        tensors = load_file(str(path))
-        try:
-            method.load_learned_state_dict(tensors)
-        except Exception as exc:  # CheckpointError: prompt structure differs from this job's config
-            raise ConfigError("init_from", f"model {model_id!r} does not fit this config: {exc}") from None
-
     def _save(
-        self, method: PromptMethod, train_config: TrainConfig, metrics: dict[str, Any], data: LoadedData
-    ) -> str:
-        from app.core.db.tables import new_id
+        self,
+        model_id: str,
+        method: PromptMethod,
+        plan: Any,
+        metrics: dict[str, Any],
+        data: LoadedData,
+        report: dict[str, Any] | None,
+        *,
+        best_epoch: int | None,
+    ) -> None:
+        """Store the checkpoint and the report's assets, then record the model and the job's success."""
         from models import save_checkpoint
 
-        model_id = new_id()
-        key = model_key(self.spec.tenant_id, model_id)
+        tenant_id = self.spec.tenant_id
+        key = model_key(tenant_id, model_id)
         extra = {
             "job_id": self.spec.id,
             "dataset_id": self.spec.dataset_id,
@@ -291,24 +291,27 @@ class JobRun:
         with tempfile.TemporaryDirectory(dir=self.work_dir.parent) as tmp:
             path = Path(tmp) / "model.safetensors"
             sha = save_checkpoint(
-                method, path, train_config=train_config, metrics=metrics, split=data.split, extra=extra
+                method, path, train_config=plan.train_config, metrics=metrics, split=data.split, extra=extra
             )
             self.storage.put_file(key, path)
+        if report is not None:
+            facts = card_facts(self.spec, plan, data, model_id=model_id, sha256=sha, best_epoch=best_epoch)
+            store_assets(self.storage, render_assets(report, facts), tenant_id=tenant_id, model_id=model_id)
         model = {
             "id": model_id,
-            "tenant_id": self.spec.tenant_id,
+            "tenant_id": tenant_id,
             "method": self.spec.method,
             "backbone": self.spec.backbone,
             "classes": list(data.class_names),
             "metrics": metrics,
             "checkpoint_key": key,
             "checkpoint_sha256": sha,
+            "report": report,
         }
         self.keeper.stop()
         if not self.store.succeed(self.lease, model=model, metrics=metrics):
-            self.storage.delete(key)
+            delete_model_files(self.storage, tenant_id=tenant_id, model_id=model_id, checkpoint_key=key)
             raise LeaseLost(self.lease.job_id)
-        return model_id
 
 
 # ---- entry point ---------------------------------------------------------------------------------

@@ -208,6 +208,15 @@ class JobStore:
             lease, _event(lease.job_id, "message", text, data or {}, self.now(), level=level)
         )
 
+    def last_event_data(self, job_id: str, key: str) -> Any:
+        """``data[key]`` of the job's latest message event that carries ``key`` (None when none does)."""
+        with self._tx() as s:
+            rows = s.scalars(
+                select(JobEvent.data).where(JobEvent.job_id == job_id, JobEvent.type == "message")
+                .order_by(JobEvent.id.desc())
+            )  # fmt: skip
+            return next((d[key] for d in rows if isinstance(d, dict) and key in d), None)
+
     def cancel_requested(self, job_id: str) -> bool:
         with self._tx() as s:
             return bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))

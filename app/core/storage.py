@@ -2,9 +2,10 @@
 
 Keys are ``/``-separated relative paths built by the server from database ids (never from client
 strings): ``datasets/<tenant>/<dataset_id>/...``, ``models/<tenant>/<model_id>.safetensors``,
-``jobs/<job_id>/...``. ``LocalStorage`` keeps them under a folder (the default, under
-``settings.data_dir/storage``); ``FsspecStorage`` under an fsspec URL such as ``s3://bucket/prefix``
-(``s3fs`` is the optional ``s3`` extra, imported lazily by fsspec).
+``models/<tenant>/<model_id>/<asset>`` (the report's plots and the model card), ``jobs/<job_id>/...``.
+``LocalStorage`` keeps them under a folder (the default, under ``settings.data_dir/storage``);
+``FsspecStorage`` under an fsspec URL such as ``s3://bucket/prefix`` (``s3fs`` is the optional ``s3``
+extra, imported lazily by fsspec).
 """
 
 from __future__ import annotations
@@ -44,6 +45,29 @@ def dataset_prefix(tenant_id: str, dataset_id: str) -> str:
 
 def model_key(tenant_id: str, model_id: str) -> str:
     return check_key(f"models/{tenant_id}/{model_id}.safetensors")
+
+
+# A tuned model's report assets beside its checkpoint: plot name -> file name, and the model card.
+MODEL_PLOT_FILES = {
+    "training_curves": "training_curves.png",
+    "confusion_matrix": "confusion_matrix.png",
+}
+MODEL_CARD_FILE = "README.md"
+
+
+def model_assets_prefix(tenant_id: str, model_id: str) -> str:
+    return check_key(f"models/{tenant_id}/{model_id}")
+
+
+def model_asset_key(tenant_id: str, model_id: str, name: str) -> str:
+    """Where asset ``name`` (a file name of :data:`MODEL_PLOT_FILES` or :data:`MODEL_CARD_FILE`) lives."""
+    return check_key(f"{model_assets_prefix(tenant_id, model_id)}/{name}")
+
+
+def delete_model_files(storage: Storage, *, tenant_id: str, model_id: str, checkpoint_key: str) -> None:
+    """Delete a tuned model's checkpoint and its report assets (after its row is gone)."""
+    storage.delete(checkpoint_key)
+    storage.delete_prefix(model_assets_prefix(tenant_id, model_id))
 
 
 def job_prefix(job_id: str) -> str:

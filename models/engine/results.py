@@ -28,7 +28,12 @@ class TrainResult:
 
 
 def epoch_train_metrics(accum: Mapping[str, Any], epoch: int, step: int) -> dict[str, Any]:
-    """The finished epoch's history entry from its running sums: mean loss and mean method logs."""
+    """The finished epoch's history entry from its running sums: mean loss, train top-1, mean method logs.
+
+    ``train_acc`` is the fraction of the epoch's training images whose logits, as computed by the
+    training step (train mode, before that step's update), put the true class first. When no step of the
+    epoch computed full logits (see ``TrainTop1``), a method's own ``acc`` log, if any, stands in.
+    """
     count = max(1, accum["count"])
     metrics: dict[str, Any] = {
         "epoch": epoch,
@@ -36,8 +41,10 @@ def epoch_train_metrics(accum: Mapping[str, Any], epoch: int, step: int) -> dict
         "lr": accum["lr"],
         "train_loss": accum["loss_sum"] / count,
     }
+    if accum.get("seen"):
+        metrics["train_acc"] = accum["hits"] / accum["seen"]
     for k, v in sorted(accum["logs"].items()):
-        metrics.setdefault(f"train_{k}", v / count)  # the engine's own train_loss wins
+        metrics.setdefault(f"train_{k}", v / count)  # the engine's own train_loss and train_acc win
     return metrics
 
 

@@ -20,6 +20,7 @@ Epoch numbers in ``history``, ``best_epoch`` and ``on_epoch_end`` count from 1.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -27,19 +28,31 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, IterableDataset, default_collate
+from torch.utils.data import DataLoader, IterableDataset
 
 from ..base import PromptMethod
 from ..errors import ConfigError, DataError, PromptuneError, TrainingCancelled, TrainingPaused
 from .config import TrainConfig, fingerprint
 from .optim import build_optimizer
+from .passes import EvalPass, TrainTop1, evaluation_pass, method_device, seeded_loader
 from .results import TrainResult, epoch_train_metrics, improves_on_best, train_result
 from .schedule import lr_at, set_lr
-from .seeding import SeededItems, derive_seed, seed_cpu_rngs
+from .seeding import derive_seed, seed_cpu_rngs
 from .state import ResumeState, clear_state, flatten_optimizer, read_state, restore_optimizer, write_state
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOutcome:
+    """One optimisation step: its loss, the method's logs, the lr, and top-1 hits among ``size`` images
+    (``hits`` is None when the step computed no full logits: see :class:`~models.engine.passes.TrainTop1`)."""
+
+    loss: float
+    logs: dict[str, float]
+    lr: float
+    hits: int | None
+    size: int
 
 
 class Trainer:
@@ -102,9 +115,7 @@ class Trainer:
 
     # ---- set-up ---------------------------------------------------------------------------
     def _device(self) -> torch.device:
-        for p in self.method.learned_parameters().values():
-            return p.device
-        return torch.device("cpu")
+        return method_device(self.method)
 
     def _fingerprint_payload(self) -> dict[str, Any]:
         return {
@@ -124,13 +135,13 @@ class Trainer:
         return [order[i * bs : (i + 1) * bs] for i in range(self.steps_per_epoch)]
 
     def _loader(self, data: Any, tag: object, batches: list[list[int]]) -> DataLoader:
-        return DataLoader(
-            SeededItems(data, self.config.seed, tag),
-            batch_sampler=batches,
+        return seeded_loader(
+            data,
+            seed=self.config.seed,
+            tag=tag,
+            batches=batches,
             num_workers=self.config.num_workers,
-            collate_fn=default_collate,
-            pin_memory=self._device().type == "cuda",
-            generator=torch.Generator().manual_seed(0),  # keep DataLoader set-up off the global RNG
+            device=self._device(),
         )
 
     @staticmethod
@@ -151,36 +162,27 @@ class Trainer:
             raise TrainingCancelled("training was cancelled")
 
     # ---- evaluation -----------------------------------------------------------------------
-    @torch.no_grad()
     def evaluate(self, data: Any, *, poll_stop: bool = False) -> dict[str, float]:
         """Top-1 accuracy and mean cross-entropy of the method on ``data`` (eval mode).
 
         ``poll_stop``: also poll ``should_stop`` between batches (as ``fit`` does while validating).
         """
-        device, bs = self._device(), self.config.eval_batch_size or self.config.batch_size
-        n = len(data)
-        batches = [list(range(i, min(n, i + bs))) for i in range(0, n, bs)]
-        was_training = self.method.training
-        self.method.eval()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        try:
-            for batch in self._loader(data, "eval", batches):
-                if poll_stop:
-                    self._poll_stop()
-                batch = self._to_device(batch, device)
-                logits = self.method(batch["image"]).float()
-                labels = batch["label"]
-                loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
-                correct += (logits.argmax(dim=1) == labels).sum()
-        finally:
-            self.method.train(was_training)
-        return {"acc": correct.item() / n, "loss": loss_sum.item() / n}
+        result = self.evaluation_pass(data, poll_stop=poll_stop)
+        return {"acc": result.accuracy, "loss": result.loss}
+
+    def evaluation_pass(self, data: Any, *, poll_stop: bool = False) -> EvalPass:
+        """Every item's label and top-1 prediction, and the summed cross-entropy, in one pass."""
+        return evaluation_pass(
+            self.method,
+            data,
+            batch_size=self.config.eval_batch_size or self.config.batch_size,
+            seed=self.config.seed,
+            num_workers=self.config.num_workers,
+            before_batch=self._poll_stop if poll_stop else None,
+        )
 
     # ---- the loop -------------------------------------------------------------------------
-    def _step(
-        self, optimizer: torch.optim.Optimizer, batch: dict[str, Any], step: int
-    ) -> tuple[float, dict[str, float], float]:
+    def _step(self, optimizer: torch.optim.Optimizer, batch: dict[str, Any], step: int) -> StepOutcome:
         cfg = self.config
         generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "step", step))
         seed_cpu_rngs(derive_seed(cfg.seed, "global", step))
@@ -195,7 +197,9 @@ class Trainer:
         )
         set_lr(optimizer.param_groups, lr)
         optimizer.zero_grad(set_to_none=True)
-        loss, logs = self.method.training_loss(batch, generator)
+        labels = torch.as_tensor(batch["label"])
+        with TrainTop1(self.method, labels, len(self.method.class_names)) as top1:
+            loss, logs = self.method.training_loss(batch, generator)
         loss_value = float(loss.detach().item())
         if not math.isfinite(loss_value):
             raise PromptuneError(
@@ -206,7 +210,8 @@ class Trainer:
             params = [p for g in optimizer.param_groups for p in g["params"]]
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
-        return loss_value, {k: float(v) for k, v in logs.items()}, lr
+        logs = {k: float(v) for k, v in logs.items()}
+        return StepOutcome(loss_value, logs, lr, hits=top1.hits, size=int(labels.shape[0]))
 
     def fit(self, resume: bool = True) -> TrainResult:
         """Train (resuming from ``work_dir`` when it holds a state for this exact setup)."""
@@ -298,6 +303,9 @@ class Trainer:
         cfg = self.config
         batches = self._epoch_batches(state.epoch)[state.pos :]
         state.epoch_accum = state.epoch_accum or {"loss_sum": 0.0, "count": 0, "logs": {}, "lr": None}
+        # A resume state written before train accuracy was counted lacks these: count from here on.
+        state.epoch_accum.setdefault("hits", 0)
+        state.epoch_accum.setdefault("seen", 0)
         loader_iter = iter(self._loader(self.train_data, state.epoch, batches))
         try:
             for _ in range(len(batches)):
@@ -306,8 +314,7 @@ class Trainer:
                 self._poll_stop()
                 self._poll_pause(state, optimizer, last_saved)
                 batch = self._to_device(next(loader_iter), device)
-                loss, logs, lr = self._step(optimizer, batch, state.step)
-                self._record_step(state, loss, logs, lr)
+                self._record_step(state, self._step(optimizer, batch, state.step))
                 every = cfg.checkpoint_every_steps
                 if every and state.step % every == 0 and state.pos < self.steps_per_epoch:
                     self._save(state, optimizer)
@@ -322,21 +329,24 @@ class Trainer:
                 self._save(state, optimizer)
             raise TrainingPaused(f"training paused at step {state.step}")
 
-    def _record_step(self, state: ResumeState, loss: float, logs: dict[str, float], lr: float) -> None:
+    def _record_step(self, state: ResumeState, outcome: StepOutcome) -> None:
         """Advance the position, add the step to the epoch's running sums and report progress."""
         state.step += 1
         state.pos += 1
         accum = state.epoch_accum
-        accum["loss_sum"] += loss
+        accum["loss_sum"] += outcome.loss
         accum["count"] += 1
-        accum["lr"] = lr
-        for k, v in logs.items():
+        accum["lr"] = outcome.lr
+        if outcome.hits is not None:
+            accum["hits"] += outcome.hits
+            accum["seen"] += outcome.size
+        for k, v in outcome.logs.items():
             accum["logs"][k] = accum["logs"].get(k, 0.0) + v
         self._emit(
             "on_progress",
             state.step,
             self.total_steps,
-            {**logs, "loss": loss, "lr": lr, "epoch": state.epoch + 1},
+            {**outcome.logs, "loss": outcome.loss, "lr": outcome.lr, "epoch": state.epoch + 1},
         )
 
     def _end_epoch(self, state: ResumeState) -> dict[str, Any]:

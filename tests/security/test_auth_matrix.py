@@ -30,15 +30,16 @@ from app.core.db.session import session_scope
 from app.core.db.tables import Classifier, Dataset, Job, JobEvent, TunedModel
 from app.core.security import generate_key
 from app.core.settings import Settings
-from app.core.storage import model_key
 from tests.api.helpers import auth, image_folder_zip, png_bytes
 from tests.api.test_datasets import assert_error
+from tests.api.test_model_reports import add_reported_model
 from tests.tiny import tiny_vit_spec
 
 ID_PARAMS = ("dataset_id", "job_id", "model_id", "classifier_id")
 # Path parameters that name something every tenant shares (a registered method), not a tenant's object:
 # they get a real value in every check, and the cross-tenant check has nothing to swap in them.
 SHARED_PARAMS = {"name": "spt"}
+PLOT_NAME = {"name": "training_curves"}  # /v1/models/{model_id}/plots/{name}.png
 ABSENT_ID = "00000000-0000-4000-8000-000000000000"
 _PARAM = re.compile(r"{([^}:]+)(?::[^}]*)?}")
 
@@ -89,6 +90,7 @@ def v1_operations(app) -> list[tuple[str, str]]:
 
 
 def fill(template: str, ids: dict[str, str]) -> str:
+    ids = {**SHARED_PARAMS, **(PLOT_NAME if "/plots/" in template else {}), **ids}
     names = _PARAM.findall(template)
     unknown = [n for n in names if n not in ids]
     assert not unknown, f"{template}: no real id to fill {unknown}; teach this test the new parameter"
@@ -129,27 +131,14 @@ def tenant_b_objects(
     assert dataset.status_code == 201, dataset.text
     job = client.post("/v1/jobs", headers=headers_b, json=spt_job(dataset.json()["id"]))
     assert job.status_code == 201, job.text
-    path, sha = checkpoint
     with session_scope(database_url) as session:
         tenant = repo.get_tenant_by_name(session=session, name="tenant-b")
         assert tenant is not None
-        row = repo.create_model(
-            session=session,
-            tenant_id=tenant.id,
-            job_id=job.json()["id"],
-            method="spt",
-            backbone="tiny-vit",
-            classes=["red", "blue"],
-            metrics={},
-            checkpoint_key="pending",
-            checkpoint_sha256=sha,
-        )
-        row.checkpoint_key = model_key(tenant.id, row.id)
-        model_id, key = row.id, row.checkpoint_key
         repo.add_job_event(
             session=session, job_id=job.json()["id"], level="info", type="message", message="b"
         )
-    client.app.state.storage.put_file(key, path)
+    # with its report, plots and card: the owner's GETs of the report routes answer 200
+    model_id = add_reported_model(settings, database_url, "tenant-b", checkpoint)
     classifier = client.post(
         "/v1/classifiers", headers=headers_b, json={"classes": ["cat", "dog"], "backbone": "tiny-clip"}
     )
@@ -218,7 +207,7 @@ def check_bad_keys(client: TestClient, operations, ids: dict[str, str], headers_
     count = 0
     for label, headers in headers_by_label.items():
         for method, template in operations:
-            path = fill(template, {**ids, **SHARED_PARAMS})
+            path = fill(template, ids)
             response = client.request(method, path, headers=headers, **request_kwargs(method, template, ids))
             assert response.status_code == 401, (label, method, path, response.text)
             assert_error(response, 401, "unauthorized")

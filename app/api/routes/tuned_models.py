@@ -24,6 +24,7 @@ from app.api.predicting import (
 )
 from app.api.uploads import multipart_openapi
 from app.core.db import repo
+from app.core.storage import delete_model_files
 from app.inference import images_to_batch
 from app.schemas import ErrorResponse, Page, PredictionResponse, TunedModelPublic
 
@@ -114,7 +115,7 @@ def delete_model(model_id: str, session: SessionDep, tenant: TenantDep, storage:
     key = row.checkpoint_key
     repo.delete_model(session=session, tenant_id=tenant.id, model_id=model_id)
     session.commit()
-    storage.delete(key)
+    delete_model_files(storage, tenant_id=tenant.id, model_id=model_id, checkpoint_key=key)
     return Response(status_code=204)
 
 

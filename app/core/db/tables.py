@@ -134,6 +134,9 @@ class TunedModel(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     checkpoint_key: Mapped[str] = mapped_column(String(500))
     checkpoint_sha256: Mapped[str] = mapped_column(String(64))
+    # The evaluation report (worker/model_report.py, docs/reports.md); NULL for models stored before
+    # reports existed or trained without a held-out split.
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
