@@ -156,7 +156,7 @@ class JobRun:
         self._phase("saving", "evaluating and saving the tuned model")
         method.load_learned_state_dict(result.best_state)
         held_out = evaluate_held_out(trainer, data)
-        metrics = job_metrics(result, held_out, data)
+        metrics = {**job_metrics(result, held_out, data), "lr": train_config.lr}  # the rate it trained with
         model_id = new_id()
         report = build_report(model_id, held_out, data.class_names, result.history, lr_search=lr_search)
         self._save(model_id, method.to("cpu"), plan, metrics, data, report, best_epoch=result.best_epoch)
@@ -216,7 +216,7 @@ class JobRun:
             data=data,
             device=next(backbone.model.parameters()).device,
             report=report,
-            init_method=init,
+            init_method=init if plan.init_from else None,
             should_stop=reporter.should_stop,
             should_pause=reporter.should_pause,
         )

@@ -146,3 +146,48 @@ def test_a_finished_job_has_a_report_plots_a_card_and_an_archive(
             assert zf.read("README.md").decode() == card.text
             for name, content in plots.items():
                 assert zf.read(name) == content
+
+
+def test_lr_auto_is_recorded_and_the_report_matches_the_served_predictions(
+    stack: Stack, worker: Proc, tmp_path: Path
+) -> None:
+    """``lr: "auto"`` on the real stack: its trials land in the events and the report, and the report's
+    numbers are scikit-learn's on the predictions the API itself serves for the test split."""
+    from devstack.sample_data import digit_images
+
+    with stack.client() as client:
+        dataset = upload_digits(client, tmp_path, per_class=10)
+        config = {"epochs": EPOCHS, "batch_size": 16, "lr": "auto", "mode": "deep", "num_prompts": 2}
+        body = {"method": "spt", "backbone": "demo-vit", "dataset_id": dataset["id"], "config": config}
+        response = client.post("/v1/jobs", json=body)
+        assert response.status_code == 201, response.text
+        job = wait_job(client, response.json()["id"])
+        assert job["status"] == "succeeded", (job, worker.tail())
+        report = client.get(f"/v1/models/{job['model_id']}/report").json()
+        search = report["lr_search"]
+        assert len(search["grid"]) == len(search["trials"]) == 3 and search["chosen"] in search["grid"]
+        assert job["metrics"]["lr"] == search["chosen"]
+        events = client.get(f"/v1/jobs/{job['id']}/events").json()["data"]
+        records = [e["data"]["lr_search"] for e in events if "lr_search" in e["data"]]
+        assert [len(r["trials"]) for r in records] == [1, 2, 3, 3] and records[-1]["chosen"] == search[
+            "chosen"
+        ]
+        for in_event, in_report in zip(records[-1]["trials"], search["trials"], strict=True):
+            assert in_event["lr"] == in_report["lr"]
+            assert in_event["val_acc"] == pytest.approx(in_report["val_acc"], abs=1e-6)
+
+        # The test split as the client uploaded it, predicted by the service, scored by scikit-learn.
+        test = [d for d in digit_images(per_class=10) if d.split == "test"]
+        files = [("images", (f"{i}.png", d.png, "image/png")) for i, d in enumerate(test)]
+        served = client.post(f"/v1/models/{job['model_id']}/predict", files=files)
+        assert served.status_code == 200, served.text
+        classes = report["classes"]
+        true = [classes.index(d.label) for d in test]
+        predicted = [classes.index(p["label"]) for p in served.json()["predictions"]]
+        every = list(range(len(classes)))
+        assert report["accuracy"] == pytest.approx(skm.accuracy_score(true, predicted), abs=1e-6)
+        assert report["macro_f1"] == pytest.approx(
+            skm.f1_score(true, predicted, average="macro", labels=every, zero_division=0), abs=1e-6
+        )
+        matrix = skm.confusion_matrix(true, predicted, labels=every).tolist()
+        assert report["confusion_matrix"] == matrix
