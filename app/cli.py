@@ -1,4 +1,4 @@
-"""The ``promptune`` command: serve, worker, migrate, keys, demo.
+"""The ``promptune`` command: serve, worker, migrate, keys, demo, bench, and the SDK's client verbs.
 
 Every setting comes from ``PROMPTUNE_*`` environment variables (app/core/settings.py); the flags here
 only choose what to run.
@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="port for the API (a free one if taken)")
     p.set_defaults(func=_demo)
     _add_bench(sub)
+    from promptune.cli import add_client_commands
+
+    add_client_commands(sub)  # the client verbs: datasets, jobs, models, predict, zero-shot (docs/sdk.md)
     return parser
 
 

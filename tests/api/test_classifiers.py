@@ -95,7 +95,9 @@ def test_create_get_list_predict_delete(
     assert decode_entry(stored.read_bytes(), sha256=sha, num_classes=3).shape == (3, 64)
 
     assert client.get(f"/v1/classifiers/{classifier_id}", headers=headers_a).json() == body
-    assert [c["id"] for c in client.get("/v1/classifiers", headers=headers_a).json()["data"]] == [classifier_id]
+    assert [c["id"] for c in client.get("/v1/classifiers", headers=headers_a).json()["data"]] == [
+        classifier_id
+    ]
     assert client.get("/v1/classifiers?limit=1&offset=1", headers=headers_a).json()["data"] == []
 
     predicted = predict(client, headers_a, classifier_id, top_k=2)

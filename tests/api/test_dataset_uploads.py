@@ -160,4 +160,6 @@ def test_concurrent_uploads_with_one_key_store_one_dataset(
     else:
         assert_error(loser, 409, "idempotency_conflict")
     assert len(storage_datasets(settings)) == 1
-    assert [d["id"] for d in client.get("/v1/datasets", headers=headers_a).json()["data"]] == [winner.json()["id"]]
+    assert [d["id"] for d in client.get("/v1/datasets", headers=headers_a).json()["data"]] == [
+        winner.json()["id"]
+    ]

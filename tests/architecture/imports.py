@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("app", "worker", "models", "migrations", "devstack")
+PACKAGES = ("app", "worker", "models", "migrations", "devstack", "promptune")
 
 
 @dataclass(frozen=True)

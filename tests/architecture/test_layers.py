@@ -83,6 +83,13 @@ def test_the_dev_stack_stays_out_of_the_service(edges: list[Edge]) -> None:
     assert _violations(edges, "app", ("devstack",), allow=("app.cli",)) == []
 
 
+def test_only_the_cli_and_the_dev_stack_use_the_sdk(edges: list[Edge]) -> None:
+    # The SDK is a client of the REST API: the service never calls itself through it.
+    for layer in ("models", "worker", "migrations", "app.core", "app.api"):
+        assert _violations(edges, layer, ("promptune",)) == []
+    assert _violations(edges, "app", ("promptune",), allow=("app.cli",)) == []
+
+
 def test_no_file_level_import_cycles(edges: list[Edge]) -> None:
     assert file_cycles(edges) == []
 
