@@ -21,6 +21,7 @@ from app.core.catalogue import backbone_status
 from app.core.db import repo
 from app.core.db.tables import Job
 from app.core.job_plan import JobConfigError, build_plan
+from app.core.settings import Settings
 from app.core.status import TERMINAL_STATUSES, JobStatus
 from app.schemas import (
     MAX_SQL_INTEGER,
@@ -64,31 +65,7 @@ def create_job(
         existing = repo.get_job_by_idempotency_key(session=session, tenant_id=tenant.id, key=idempotency_key)
         if existing is not None:
             return _replay(existing, body, response)
-    try:
-        plan = build_plan(
-            method=body.method,
-            backbone=body.backbone,
-            config=body.config,
-            seed=body.seed,
-            specs=registry.specs,
-            max_epochs=settings.max_epochs,
-            checkpoint_every_steps=settings.checkpoint_every_steps,
-            model_exists=lambda model_id, method: _has_model(session, tenant.id, model_id, method),
-        )
-    except JobConfigError as exc:
-        raise ApiError(_CONFIG_STATUS.get(exc.code, 422), exc.code, exc.message, param=exc.param) from None
-    dataset = repo.get_dataset(session=session, tenant_id=tenant.id, dataset_id=body.dataset_id)
-    if dataset is None:
-        raise not_found("dataset", "dataset_id")
-    if plan.lr_grid is not None and not (dataset.splits or {}).get("val") and plan.val_fraction == 0:
-        raise ApiError(
-            422,
-            "invalid_config",
-            'config.lr: "auto" chooses on the validation split, and this job has none: the dataset has no '
-            "val split and config.val_fraction is 0",
-            param="config.lr",
-        )
-    _require_loadable(registry, body.backbone)
+    _check_request(body, session=session, tenant_id=tenant.id, settings=settings, registry=registry)
     if (
         repo.count_active_jobs(session=session, tenant_id=tenant.id)
         >= settings.max_concurrent_jobs_per_tenant
@@ -118,6 +95,38 @@ def create_job(
         return JobPublic.from_row(job)
     _enqueue(request, job.id)
     return JobPublic.from_row(job)
+
+
+def _check_request(
+    body: JobCreate, *, session: Session, tenant_id: str, settings: Settings, registry: BackboneRegistry
+) -> None:
+    """Everything a job request must pass before it is stored: its config (the plan the worker will run),
+    its dataset, a validation split for ``lr: "auto"``, and a backbone that can load."""
+    try:
+        plan = build_plan(
+            method=body.method,
+            backbone=body.backbone,
+            config=body.config,
+            seed=body.seed,
+            specs=registry.specs,
+            max_epochs=settings.max_epochs,
+            checkpoint_every_steps=settings.checkpoint_every_steps,
+            model_exists=lambda model_id, method: _has_model(session, tenant_id, model_id, method),
+        )
+    except JobConfigError as exc:
+        raise ApiError(_CONFIG_STATUS.get(exc.code, 422), exc.code, exc.message, param=exc.param) from None
+    dataset = repo.get_dataset(session=session, tenant_id=tenant_id, dataset_id=body.dataset_id)
+    if dataset is None:
+        raise not_found("dataset", "dataset_id")
+    if plan.lr_grid is not None and not (dataset.splits or {}).get("val") and plan.val_fraction == 0:
+        raise ApiError(
+            422,
+            "invalid_config",
+            'config.lr: "auto" chooses on the validation split, and this job has none: the dataset has no '
+            "val split and config.val_fraction is 0",
+            param="config.lr",
+        )
+    _require_loadable(registry, body.backbone)
 
 
 def _require_loadable(backbones: BackboneRegistry, name: str) -> None:
