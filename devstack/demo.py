@@ -29,6 +29,7 @@ from devstack.backbones import (
     ensure_demo_backbones,
     ensure_zoo,
 )
+from devstack.demo_next import print_next_steps
 from devstack.demo_steps import follow_job, predict_digits, say, spt_on_digits, zero_shot_colours
 from devstack.stack import Proc, free_port, redis_alive, start_api, start_redis, start_worker, wait_ready
 
@@ -80,8 +81,7 @@ def run_demo(*, once: bool, port: int = 8000) -> int:
 
         results = _walkthrough(base_url, key, data_dir)
         _summary(zoo, results, time.monotonic() - started)
-        say(f"API: {base_url}   key: {key}")
-        say(f'try: curl -H "Authorization: Bearer {key}" {base_url}/v1/jobs')
+        print_next_steps(base_url, key, results["job"]["model_id"], serving=not once)
         return 0 if once else _serve(procs)
     except KeyboardInterrupt:
         say("stopping")
@@ -133,26 +133,45 @@ def _create_key(database_url: str) -> str:
 def _walkthrough(base_url: str, key: str, data_dir: Path) -> dict[str, Any]:
     import httpx
 
+    from devstack.demo_next import linear_probe_baseline, report_through_the_sdk, write_test_samples
     from devstack.sample_data import write_digits_zip
 
     # Bilinear upscaling: how the zoo's backbones saw digits in pretraining (cheap and deterministic).
     archive = write_digits_zip(data_dir / "sample" / "digits.zip", resample="bilinear")
+    write_test_samples(data_dir / "sample" / "digits-test")
     with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as client:
         job = spt_on_digits(client, archive)
         predict_digits(client, job)
+        report = report_through_the_sdk(base_url, key, job["model_id"])
+        baseline = linear_probe_baseline(client, job)
         colour_acc = zero_shot_colours(client, data_dir / "sample" / "colours")
-    return {"metrics": job["metrics"], "colour_acc": colour_acc}
+    return {
+        "job": job,
+        "metrics": job["metrics"],
+        "report": report,
+        "baseline": baseline["metrics"],
+        "colour_acc": colour_acc,
+    }
 
 
 def _summary(zoo: ZooBuild, results: dict[str, Any], seconds: float) -> None:
-    metrics = results["metrics"]
+    metrics, baseline = results["metrics"], results["baseline"]
     built = ", ".join(f"{n} {s:.0f} s" for n, s in zoo.built.items()) or "all reused from the cache"
     say("summary:")
     say(f"  backbones: {DEMO_ZOO_VIT} (SPT), {DEMO_ZOO_CLIP} (zero-shot); zoo profile '{DEMO_ZOO_PROFILE}'")
     say(f"  zoo: {zoo.seconds:.0f} s ({built})")
     say(
-        f"  SPT on digits: val accuracy {metrics.get('val_acc', 0):.1%}, "
-        f"test accuracy {metrics.get('test_acc', 0):.1%} (chance 10%)"
+        f"  SPT on digits (deep prompts): val {metrics.get('val_acc', 0):.1%}, "
+        f"test {metrics.get('test_acc', 0):.1%}, macro-F1 {results['report']['macro_f1']:.3f} (chance 10%)"
+    )
+    gain = metrics.get("test_acc", 0) - baseline.get("test_acc", 0)
+    say(
+        f"  linear probe, same split (no prompts, lr {baseline.get('lr', 'auto')} chosen on val): "
+        f"val {baseline.get('val_acc', 0):.1%}, test {baseline.get('test_acc', 0):.1%}"
+    )
+    say(
+        f"  SPT minus linear probe: {gain * 100:+.1f} points of test accuracy (SPT at its default lr "
+        f"{metrics.get('lr', '?')}, the probe at the best of three on validation)"
     )
     say(f"  zero-shot colour naming: {results['colour_acc']:.1%} (chance 12.5%)")
     say(f"done in {seconds:.0f} s")

@@ -87,12 +87,19 @@ class Models(Resource):
             expected = self.get(model_id).checkpoint_sha256 if verify else None
             if target.suffix.lower() == ".zip":
                 _check_archive(tmp, expected)
+                _as_created_file(tmp)
                 os.replace(tmp, target)
             else:
                 _extract(tmp, target, expected)
         finally:
             tmp.unlink(missing_ok=True)
         return target
+
+
+def _as_created_file(path: Path) -> None:
+    """rw-r--r--, as a plain download would be: mkstemp makes 0600 files (reading the umask would mean
+    setting it, process-wide, which races with the caller's threads)."""
+    path.chmod(0o644)
 
 
 def _safe_members(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
@@ -128,6 +135,7 @@ def _extract(path: Path, folder: Path, expected_sha256: str | None) -> None:
                         dst.write(chunk)
                 if info.filename == CHECKPOINT_NAME and expected_sha256 is not None:
                     _verify(digest.hexdigest(), expected_sha256)
+                _as_created_file(Path(tmp))
                 os.replace(tmp, folder / info.filename)
             finally:
                 Path(tmp).unlink(missing_ok=True)

@@ -107,10 +107,12 @@ def test_download_extracts_the_archive_or_keeps_the_zip(
     }
     assert names == expected
     assert hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest() == model.checkpoint_sha256
+    assert {(folder / name).stat().st_mode & 0o777 for name in expected} == {0o644}  # not mkstemp's 0600
 
     archive = client.models.download(model_id, tmp_path / "kept" / "model.zip")
     with zipfile.ZipFile(archive) as zf:
         assert set(zf.namelist()) == expected
+    assert archive.stat().st_mode & 0o777 == 0o644
 
 
 def test_retries_with_one_idempotency_key_return_the_same_objects(
