@@ -62,7 +62,7 @@ def test_outside_method_is_listed_with_its_schema(plugin_stack: Stack) -> None:
     with plugin_stack.client() as client:
         response = client.get("/v1/methods")
         assert response.status_code == 200, response.text
-        methods = {m["name"]: m for m in response.json()}
+        methods = {m["name"]: m for m in response.json()["data"]}
         assert {"rpp", "spt", METHOD} <= set(methods)
         entry = methods[METHOD]
         assert entry["family"] == "timm" and not any(entry["capabilities"].values())
