@@ -30,11 +30,13 @@ from promptune._errors import (
 )
 from promptune._transport import Backoff
 from promptune._types import (
+    Backbone,
     ClassMetrics,
     Dataset,
     Job,
     JobError,
     JobEvent,
+    Method,
     Page,
     Prediction,
     Report,
@@ -48,6 +50,7 @@ __all__ = [
     "APIError",
     "APITimeoutError",
     "AuthenticationError",
+    "Backbone",
     "Backoff",
     "BadRequestError",
     "ClassMetrics",
@@ -58,6 +61,7 @@ __all__ = [
     "Job",
     "JobError",
     "JobEvent",
+    "Method",
     "NotFoundError",
     "Page",
     "PayloadTooLargeError",

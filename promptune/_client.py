@@ -13,6 +13,7 @@ from promptune._files import FilePart
 from promptune._transport import Backoff, Request, Transport
 from promptune._types import Prediction
 from promptune._version import __version__
+from promptune.resources.catalogue import Backbones, Methods
 from promptune.resources.datasets import Datasets
 from promptune.resources.jobs import Jobs
 from promptune.resources.models import Models
@@ -83,6 +84,8 @@ class Client:
         self.jobs = Jobs(self)
         self.models = Models(self)
         self.predict = Predict(self)
+        self.backbones = Backbones(self)
+        self.methods = Methods(self)
 
     def close(self) -> None:
         if self._owns_http:

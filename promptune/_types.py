@@ -50,6 +50,37 @@ _DATES: dict[str, Callable[[Any], Any]] = dict.fromkeys(
 
 
 @dataclass(frozen=True)
+class Backbone(_Parsed):
+    """A backbone the server offers (GET /v1/backbones): ``available`` says whether it can load now."""
+
+    name: str
+    family: str = ""
+    arch: str = ""
+    weights: str = ""
+    kind: str = ""
+    available: bool = False
+    availability: str = ""  # local | cached | downloadable | missing
+    size_bytes: int | None = None
+    num_params: int | None = None
+    source: str = ""  # file | zoo | catalogue
+    description: str = ""
+    sha256: str | None = None
+    raw: dict[str, Any] = _raw()
+
+
+@dataclass(frozen=True)
+class Method(_Parsed):
+    """A tuning method (GET /v1/methods): its backbone family, capabilities and config JSON Schema."""
+
+    name: str
+    family: str = ""
+    description: str = ""
+    capabilities: dict[str, bool] = field(default_factory=dict)
+    config_schema: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = _raw()
+
+
+@dataclass(frozen=True)
 class Dataset(_Parsed):
     id: str
     name: str = ""

@@ -120,6 +120,16 @@ def _predictions(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int)
 
 
+def _backbones(sub: Any, common: argparse.ArgumentParser) -> None:
+    group = sub.add_parser("backbones", help="the backbones the server offers").add_subparsers(
+        dest="backbones_command", required=True
+    )
+    p = _verb(group, "list", c.backbones_list, "list backbones: family, kind, availability, size", common)
+    p.add_argument("--family", choices=["open_clip", "timm"])
+    p.add_argument("--kind", help="clip, supervised, mae or moco")
+    p.add_argument("--available", action="store_true", help="only those that can load now")
+
+
 def _paging(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=20, help="items per page (default 20)")
     parser.add_argument("--cursor", help="the next_cursor of a previous page")
@@ -133,6 +143,7 @@ def add_client_commands(subparsers: Any) -> None:
     _jobs(subparsers, common)
     _models(subparsers, common)
     _predictions(subparsers, common)
+    _backbones(subparsers, common)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -232,3 +232,12 @@ def zero_shot(args: argparse.Namespace, client: Client) -> None:
         images, classes, templates=templates, backbone=args.backbone, model_id=args.model_id, top_k=args.top_k
     )
     output.print_predictions(images, predictions, as_json=_json(args))
+
+
+# Catalogue
+
+
+def backbones_list(args: argparse.Namespace, client: Client) -> None:
+    available = True if args.available else None
+    page = client.backbones.list(family=args.family, kind=args.kind, available=available)
+    _show_page(args, page, output.backbone_row)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from promptune._client import Client
-from promptune._types import Dataset, Job, JobEvent, Prediction, Report, TunedModel
+from promptune._types import Backbone, Dataset, Job, JobEvent, Prediction, Report, TunedModel
 
 
 def print_json(value: Any) -> None:
@@ -39,6 +39,18 @@ def print_table(rows: Sequence[list[str]]) -> None:
 
 def _when(item: Any) -> str:
     return item.created_at.strftime("%Y-%m-%d %H:%M:%S") if item.created_at else "-"
+
+
+def backbone_row(b: Backbone) -> list[str]:
+    size = f"{b.size_bytes / 1e6:.0f} MB" if b.size_bytes else "-"
+    return [
+        b.name,
+        b.family,
+        b.kind,
+        b.availability or ("available" if b.available else "missing"),
+        size,
+        b.source,
+    ]
 
 
 def dataset_line(d: Dataset) -> str:

@@ -156,3 +156,11 @@ def test_the_server_command_offers_the_client_verbs(env: Stack, capsys: pytest.C
 
     code = server_main(["datasets", "list", "--json"])
     assert code == 0 and isinstance(json.loads(capsys.readouterr().out)["data"], list)
+
+
+def test_backbones_list(env: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "backbones", "list", "--available")
+    assert code == 0 and "demo-vit" in out and "clip-vit-l-14-openai" not in out
+    listed = run_json(capsys, "backbones", "list", "--family", "open_clip")
+    assert isinstance(listed, dict)
+    assert {b["family"] for b in listed["data"]} == {"open_clip"}

@@ -159,3 +159,27 @@ def test_errors_carry_status_code_message_and_param(stack: Stack, client: Client
     with Client(stack.base_url, "not-a-key") as stranger, pytest.raises(AuthenticationError) as denied:
         stranger.datasets.list()
     assert denied.value.status == 401 and denied.value.code
+
+
+def test_the_catalogue_backbones_and_methods(client: Client) -> None:
+    every = client.backbones.list()
+    names = {b.name for b in every}
+    assert {"demo-vit", "demo-clip", "clip-vit-b-16-openai", "vit-b-16-mae"} <= names
+    assert every.has_more is False
+    demo = client.backbones.get("demo-vit")
+    assert (demo.family, demo.available, demo.source) == ("timm", True, "file")
+    offline = client.backbones.get("clip-vit-l-14-openai")  # HF_HUB_OFFLINE and never downloaded here
+    assert offline.available is False and offline.size_bytes and offline.num_params
+    loadable = client.backbones.list(available=True)
+    assert all(b.available for b in loadable) and "clip-vit-l-14-openai" not in {b.name for b in loadable}
+    assert {b.name for b in client.backbones.list(family="open_clip")} >= {
+        "demo-clip",
+        "clip-vit-b-16-openai",
+    }
+    with pytest.raises(NotFoundError):
+        client.backbones.get("no-such-backbone")
+
+    methods = {m.name: m for m in client.methods.list()}
+    assert {"spt", "rpp"} <= set(methods) and methods["rpp"].capabilities["zero_shot"]
+    spt = client.methods.get("spt")
+    assert spt.family == "timm" and "num_prompts" in spt.config_schema["properties"]
