@@ -16,6 +16,8 @@ from app.api.openapi import install_method_schemas
 from app.api.routes import (
     backbones,
     classifiers,
+    console,
+    dataset_preview,
     datasets,
     health,
     jobs,
@@ -72,7 +74,19 @@ def create_app(settings: Settings | None = None, *, enqueue: Callable[[str], Non
     app.state.serving.instrument(app.state.metrics.registry)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)
-    routers = (health, datasets, backbones, methods, jobs, tuned_models, model_reports, predict, classifiers)
+    routers = (
+        health,
+        datasets,
+        dataset_preview,
+        backbones,
+        methods,
+        jobs,
+        tuned_models,
+        model_reports,
+        predict,
+        classifiers,
+        console,
+    )
     for module in routers:
         app.include_router(module.router)
     install_method_schemas(app)  # after every route: it rewrites JobCreate.config in the finished document

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything Promptune needs into .venv/ in this checkout. Safe to run again (it skips
 # what is already in place).
-#   - redis-server and PostgreSQL (Debian packages) when running as root and they are missing;
+#   - redis-server and PostgreSQL (Debian packages) when running as root and they are missing, and
+#     chromium too when PROMPTUNE_SETUP_BROWSER=1 (the console's browser tests; scripts/test.sh sets it);
 #   - python3 -m venv .venv, the exact pins from requirements-dev.txt, then this package (editable).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -10,14 +11,20 @@ have_postgres() {
     command -v initdb >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
 }
 
-if ! command -v redis-server >/dev/null 2>&1 || ! have_postgres; then
+packages=()
+command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
+have_postgres || packages+=(postgresql)
+if [ "${PROMPTUNE_SETUP_BROWSER:-0}" = 1 ] && ! command -v "${PROMPTUNE_CHROMIUM:-chromium}" >/dev/null 2>&1; then
+    packages+=(chromium)
+fi
+if [ ${#packages[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "setup: installing redis-server and postgresql (apt)"
+        echo "setup: installing ${packages[*]} (apt)"
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server postgresql >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
     else
-        echo "setup: warning: redis-server and/or PostgreSQL are missing and this is not a root shell;" >&2
-        echo "       install them (e.g. sudo apt-get install redis-server postgresql) for the demo and tests" >&2
+        echo "setup: warning: ${packages[*]} missing and this is not a root shell;" >&2
+        echo "       install them (e.g. sudo apt-get install ${packages[*]}) for the demo and tests" >&2
     fi
 fi
 

@@ -3,7 +3,7 @@
 # Extra arguments go to pytest, e.g. ./scripts/test.sh tests/worker -x
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-./scripts/setup.sh
+PROMPTUNE_SETUP_BROWSER=1 ./scripts/setup.sh  # chromium too: the console's tests drive a real browser
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 .venv/bin/ruff check .

@@ -40,6 +40,8 @@ ID_PARAMS = ("dataset_id", "job_id", "model_id", "classifier_id")
 # they get a real value in every check, and the cross-tenant check has nothing to swap in them.
 SHARED_PARAMS = {"name": "spt"}
 PLOT_NAME = {"name": "training_curves"}  # /v1/models/{model_id}/plots/{name}.png
+# /v1/datasets/{dataset_id}/samples/{index}/thumbnail: an image every dataset has, so only the dataset decides.
+SAMPLE_INDEX = {"index": "0"}
 ABSENT_ID = "00000000-0000-4000-8000-000000000000"
 _PARAM = re.compile(r"{([^}:]+)(?::[^}]*)?}")
 
@@ -90,7 +92,7 @@ def v1_operations(app) -> list[tuple[str, str]]:
 
 
 def fill(template: str, ids: dict[str, str]) -> str:
-    ids = {**SHARED_PARAMS, **(PLOT_NAME if "/plots/" in template else {}), **ids}
+    ids = {**SHARED_PARAMS, **SAMPLE_INDEX, **(PLOT_NAME if "/plots/" in template else {}), **ids}
     names = _PARAM.findall(template)
     unknown = [n for n in names if n not in ids]
     assert not unknown, f"{template}: no real id to fill {unknown}; teach this test the new parameter"
