@@ -86,7 +86,8 @@ def field_schema(cls: type[BaseConfig], field: dataclasses.Field[Any], descripti
     if field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING:
         schema["default"] = _default(field)
     if description:
-        schema["description"] = description
+        # Docstrings quote code reST-style (``x``); JSON Schema readers (OpenAPI, the console) expect Markdown.
+        schema["description"] = description.replace("``", "`")
     return schema
 
 
