@@ -76,6 +76,7 @@ def print_next_steps(base_url: str, key: str, model_id: str, *, serving: bool) -
         say("    .venv/bin/promptune serve            # the API; finds the demo's zoo backbones by itself")
         say("    redis-server & .venv/bin/promptune worker   # only to train new jobs")
         base_url = "http://127.0.0.1:8000"
+    say(f"  in a browser: {base_url}/ (the web console; sign in with the key below)")
     say(f"  export PROMPTUNE_BASE_URL={base_url} PROMPTUNE_API_KEY={key}")
     say("  from the shell:")
     say("    .venv/bin/promptune models list")

@@ -3,7 +3,9 @@
 # Extra arguments go to pytest, e.g. ./scripts/test.sh tests/worker -x
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-PROMPTUNE_SETUP_BROWSER=1 ./scripts/setup.sh  # chromium too: the console's tests drive a real browser
+# chromium too: the console's tests drive a real browser (and fail, not skip, without one here)
+export PROMPTUNE_SETUP_BROWSER=1
+./scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 .venv/bin/ruff check .
