@@ -77,7 +77,9 @@ def run_demo(*, once: bool, port: int = 8000) -> int:
         procs.extend([api, start_worker(env, log_dir)])
         key = _create_key(database_url)
         wait_ready(base_url, api)
-        say(f"API ready at {base_url} (web console: {base_url}/, OpenAPI docs: {base_url}/docs); one Celery worker")
+        say(
+            f"API ready at {base_url} (web console: {base_url}/, OpenAPI docs: {base_url}/docs); one Celery worker"
+        )
 
         results = _walkthrough(base_url, key, data_dir)
         _summary(zoo, results, time.monotonic() - started)
