@@ -193,6 +193,41 @@ def test_full_flow(
     context.close()
 
 
+def test_a_finished_job_shows_only_its_final_status(
+    browser: Any, stack: Stack, flow_state: dict[str, Any]
+) -> None:
+    """Opening a finished job replays its history into the log and the curves, but the status badge never
+    steps back through the statuses it had (queued, running) on the way."""
+    from playwright.sync_api import expect
+
+    if "job_id" not in flow_state:
+        pytest.skip("needs the job of test_full_flow")
+    context, page, problems = new_page(browser)
+    sign_in(page, stack.base_url, stack.key)
+    # Installed in the signed-in document: the job page below is a hash change, not a new document.
+    page.evaluate(
+        """() => {
+          window.__badges = [];
+          // Every node ever put into the badge, not its text when the observer runs: the observer runs
+          // after a whole batch of replayed events, which would hide a status shown in between.
+          new MutationObserver((records) => {
+            for (const record of records) {
+              const target = record.target.closest ? record.target : record.target.parentElement;
+              if (!target || !target.closest('[data-testid="job-status"]')) continue;
+              for (const node of record.addedNodes) window.__badges.push(node.textContent);
+            }
+          }).observe(document, { subtree: true, childList: true });
+        }"""
+    )
+    page.goto(f"{stack.base_url}/console/#/jobs/{flow_state['job_id']}")
+    expect(page.get_by_test_id("event-log")).to_contain_text("status: succeeded", timeout=UI_TIMEOUT_MS)
+    expect(page.get_by_test_id("loss-chart").locator("circle")).not_to_have_count(0)
+    seen = {text for text in page.evaluate("window.__badges") if text}
+    assert seen == {"succeeded"}, seen
+    problems.check()
+    context.close()
+
+
 def test_another_tenant_sees_nothing(browser: Any, stack: Stack, flow_state: dict[str, Any]) -> None:
     from playwright.sync_api import expect
 

@@ -59,6 +59,9 @@ export async function jobPage(ctx, id) {
   // The stream replays the job's history from its first event, so "done" means the terminal status
   // event arrived on it, not that the job row was terminal when the page opened.
   let streamEnded = false;
+  // A job already finished when the page opened: its row is final, and the replayed history only fills
+  // the log and the curves (replaying its statuses would step the badge back through "queued"...).
+  const finishedAtOpen = TERMINAL.has(job.status);
 
   function showJob() {
     replace(badge, statusBadge(job.status));
@@ -85,16 +88,18 @@ export async function jobPage(ctx, id) {
     if (event.type === "metrics" && typeof data.epoch === "number") {
       epochs.set(data.epoch, data);
       charts.update([...epochs.values()]);
-      job = { ...job, metrics: { ...job.metrics, ...data } };
+      if (!finishedAtOpen) job = { ...job, metrics: { ...job.metrics, ...data } };
     } else if (event.type === "status" && data.status) {
-      job = { ...job, status: data.status, phase: data.phase ?? (TERMINAL.has(data.status) ? null : job.phase) };
-      if (data.model_id) job.model_id = data.model_id;
-      if (data.status === "succeeded") job.progress = 1;
+      if (!finishedAtOpen) {
+        job = { ...job, status: data.status, phase: data.phase ?? (TERMINAL.has(data.status) ? null : job.phase) };
+        if (data.model_id) job.model_id = data.model_id;
+        if (data.status === "succeeded") job.progress = 1;
+      }
       if (TERMINAL.has(data.status)) {
         streamEnded = true;
-        refresh(); // the final row: metrics, error, model id
+        if (!finishedAtOpen) refresh(); // the final row: metrics, error, model id
       }
-    } else if (typeof data.progress === "number") {
+    } else if (typeof data.progress === "number" && !finishedAtOpen) {
       job = { ...job, progress: data.progress };
     }
     showJob();
