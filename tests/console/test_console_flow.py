@@ -327,3 +327,48 @@ def test_event_stream_reconnects_without_repeats(
     assert resumed_from == [None, str(first[-1]["id"])]
     problems.check()
     context.close()
+
+
+def test_cancel_a_running_job_then_download_and_delete_the_model(
+    browser: Any, stack: Stack, worker: Proc, flow_state: dict[str, Any]
+) -> None:
+    """Cancel from the live view stops a training job; the model page's checkpoint download is the stored
+    checkpoint; delete (after its confirm) removes the model. Runs last: it deletes the flow's model."""
+    import hashlib
+
+    from playwright.sync_api import expect
+
+    if "model_id" not in flow_state:
+        pytest.skip("needs the model of test_full_flow")
+    with stack.client() as client:
+        body = {
+            "method": "spt",
+            "backbone": "demo-vit",
+            "dataset_id": flow_state["dataset_id"],
+            "config": {"epochs": 400, "batch_size": 4},  # minutes of training: it is running when cancelled
+        }
+        job = client.post("/v1/jobs", json=body).json()
+        model = client.get(f"/v1/models/{flow_state['model_id']}").json()
+    context, page, problems = new_page(browser)
+    sign_in(page, stack.base_url, stack.key)
+    page.goto(f"{stack.base_url}/console/#/jobs/{job['id']}")
+    expect(page.get_by_test_id("job-status")).to_have_text("running", timeout=JOB_TIMEOUT_MS)
+    page.get_by_test_id("cancel-job").click()
+    expect(page.get_by_test_id("job-status")).to_have_text("cancelled", timeout=JOB_TIMEOUT_MS)
+    expect(page.get_by_test_id("cancel-job")).to_be_hidden()
+
+    page.goto(f"{stack.base_url}/console/#/models/{model['id']}")
+    with page.expect_download() as download_info:
+        page.get_by_role("button", name="Download checkpoint").click()
+    download = download_info.value
+    assert download.suggested_filename == f"{model['id']}.safetensors"
+    digest = hashlib.sha256(Path(download.path()).read_bytes()).hexdigest()
+    assert digest == model["checkpoint_sha256"]
+
+    page.get_by_test_id("delete-model").click()
+    page.get_by_test_id("confirm-yes").click()
+    expect(page).to_have_url(re.compile(r"#/models$"), timeout=UI_TIMEOUT_MS)
+    with stack.client() as client:
+        assert client.get(f"/v1/models/{model['id']}").status_code == 404
+    problems.check()
+    context.close()
