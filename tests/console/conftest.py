@@ -35,8 +35,11 @@ def chromium_path() -> str:
     return os.environ.get("PROMPTUNE_CHROMIUM") or shutil.which("chromium") or DEFAULT_CHROMIUM
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    # Module scope, not session: Playwright's sync API runs an event loop on this thread while it is
+    # open, and the suite's later asyncio.run() calls (tests/serving, tests/reliability) refuse to start
+    # inside it.
     path = chromium_path()
     if not Path(path).is_file():
         missing = f"no Chromium at {path} (install Debian's chromium or set PROMPTUNE_CHROMIUM)"
