@@ -45,6 +45,9 @@ class TrainConfig(BaseConfig):
         num_workers: DataLoader worker processes (0 = load in the training process).
         eval_batch_size: batch size for validation; ``None`` = ``batch_size``.
         drop_last: drop the last incomplete batch of each epoch.
+        precision: ``fp32`` (no autocast), ``bf16`` or ``fp16``: run each training step's forward and
+            loss and the validation forwards under autocast in that dtype; learned tensors and the
+            optimizer state stay float32; ``fp16`` also scales the loss (GradScaler).
     """
 
     epochs: int = option(10, minimum=1, maximum=100_000)
@@ -65,6 +68,7 @@ class TrainConfig(BaseConfig):
     num_workers: int = option(0, minimum=0, maximum=64, runtime=True)
     eval_batch_size: int | None = option(None, minimum=1, maximum=1 << 16)  # None = batch_size
     drop_last: bool = option(False)
+    precision: str = option("fp32", choices=("fp32", "bf16", "fp16"))  # autocast dtype of forwards
 
     def __post_init__(self) -> None:
         super().__post_init__()

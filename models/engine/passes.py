@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, default_collate
 
+from .precision import autocast
 from .seeding import SeededItems
 
 
@@ -72,10 +73,12 @@ def evaluation_pass(
     seed: int = 0,
     num_workers: int = 0,
     before_batch: Callable[[], None] | None = None,
+    autocast_dtype: torch.dtype | None = None,
 ) -> EvalPass:
     """Top-1 predictions and cross-entropy of ``method`` on every item of ``data`` (eval mode).
 
     ``before_batch`` is called before each batch (the Trainer polls for cancellation there).
+    ``autocast_dtype``: run each forward under autocast in this dtype (the Trainer's precision).
     """
     device, n = method_device(method), len(data)
     batches = [list(range(i, min(n, i + batch_size))) for i in range(0, n, batch_size)]
@@ -93,7 +96,9 @@ def evaluation_pass(
                 before_batch()
             images = batch["image"].to(device, non_blocking=True)
             labels = batch["label"].to(device, non_blocking=True)
-            logits = method(images).float()
+            with autocast(autocast_dtype, device):
+                logits = method(images)
+            logits = logits.float()  # the loss and argmax in float32 whatever the forward's dtype
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
             labels_out.append(labels)
             predictions_out.append(logits.argmax(dim=1))

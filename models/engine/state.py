@@ -9,7 +9,8 @@ Layout of ``work_dir``::
 The safetensors file holds ``learned/<name>`` (current learned tensors), ``best/<name>`` (best
 state so far, when validating) and ``optim/<group>/<i>/<key>`` (optimizer state tensors, e.g.
 ``optim/prompt/0/exp_avg``). The JSON holds step/epoch/position, best metric, history, the
-optimizer's non-tensor state, the config fingerprint, and the tensor file's name and sha256.
+optimizer's non-tensor state, the fp16 loss scaler's state, the config fingerprint, and the tensor
+file's name and sha256.
 
 Write order: tensors (temp file, fsync, rename) -> ``state.json`` renamed to ``state.prev.json``
 -> new ``state.json`` (temp file, fsync, rename) -> unreferenced tensor files removed. A crash at
@@ -62,6 +63,7 @@ class ResumeState:
     epoch_accum: dict[str, Any] = dataclasses.field(default_factory=dict)
     steps_per_epoch: int = 0
     total_steps: int = 0
+    grad_scaler: dict[str, Any] | None = None  # fp16 loss scaler's state (absent from older states)
 
 
 # ---- optimizer state <-> flat tensors + JSON -------------------------------------------------
@@ -155,6 +157,7 @@ def write_state(work_dir: str | Path, state: ResumeState) -> Path:
         "history": state.history,
         "epoch_accum": state.epoch_accum,
         "optim_layout": state.optim_layout,
+        "grad_scaler": state.grad_scaler,
     }
     current = work / STATE_JSON
     if current.exists():
@@ -214,6 +217,7 @@ def _load_one(work: Path, json_name: str) -> ResumeState:
         epoch_accum=doc.get("epoch_accum") or {},
         steps_per_epoch=int(doc.get("steps_per_epoch", 0)),
         total_steps=int(doc.get("total_steps", 0)),
+        grad_scaler=doc.get("grad_scaler"),
     )
 
 

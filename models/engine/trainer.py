@@ -35,6 +35,7 @@ from ..errors import ConfigError, DataError, PromptuneError, TrainingCancelled, 
 from .config import TrainConfig, fingerprint
 from .optim import build_optimizer
 from .passes import EvalPass, TrainTop1, evaluation_pass, method_device, seeded_loader
+from .precision import StepPrecision
 from .results import TrainResult, epoch_train_metrics, improves_on_best, train_result
 from .schedule import lr_at, set_lr
 from .seeding import derive_seed, seed_cpu_rngs
@@ -96,6 +97,9 @@ class Trainer:
         if self.steps_per_epoch < 1:
             raise DataError(f"train_data has {n} items: fewer than one batch of {bs} with drop_last")
         self.total_steps = self.steps_per_epoch * self.config.epochs
+        # Refuses a precision the device cannot autocast in now, not at the first step; fit() starts
+        # a fresh one so an fp16 loss scale never leaks from one fit into the next.
+        self._precision = StepPrecision(self.config.precision, self._device())
 
     def _check_data(self, name: str, data: Any) -> Any:
         if (
@@ -118,8 +122,11 @@ class Trainer:
         return method_device(self.method)
 
     def _fingerprint_payload(self) -> dict[str, Any]:
+        train = self.config.trajectory_dict()
+        if train["precision"] == "fp32":  # how every state before `precision` was written: still resumable
+            del train["precision"]
         return {
-            "train": self.config.trajectory_dict(),
+            "train": train,
             "method": self.method.method_name,
             "method_config": self.method.config.to_dict(),
             "class_names": list(self.method.class_names),
@@ -179,6 +186,7 @@ class Trainer:
             seed=self.config.seed,
             num_workers=self.config.num_workers,
             before_batch=self._poll_stop if poll_stop else None,
+            autocast_dtype=self._precision.dtype,
         )
 
     # ---- the loop -------------------------------------------------------------------------
@@ -198,30 +206,29 @@ class Trainer:
         set_lr(optimizer.param_groups, lr)
         optimizer.zero_grad(set_to_none=True)
         labels = torch.as_tensor(batch["label"])
-        with TrainTop1(self.method, labels, len(self.method.class_names)) as top1:
+        with TrainTop1(self.method, labels, len(self.method.class_names)) as top1, self._precision.autocast():
             loss, logs = self.method.training_loss(batch, generator)
+        loss = loss.float()  # a no-op in fp32; backward and the epoch's sums in float32
         loss_value = float(loss.detach().item())
         if not math.isfinite(loss_value):
             raise PromptuneError(
                 f"training loss is {loss_value} at step {step} (lr {lr:.3g}); lower the learning rate"
             )
-        loss.backward()
-        if cfg.grad_clip is not None:
-            params = [p for g in optimizer.param_groups for p in g["params"]]
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
+        self._precision.backward_and_step(loss, optimizer, cfg.grad_clip)
         logs = {k: float(v) for k, v in logs.items()}
         return StepOutcome(loss_value, logs, lr, hits=top1.hits, size=int(labels.shape[0]))
 
     def fit(self, resume: bool = True) -> TrainResult:
         """Train (resuming from ``work_dir`` when it holds a state for this exact setup)."""
         optimizer = build_optimizer(self.method, self.config)
+        self._precision = StepPrecision(self.config.precision, self._device())
         payload = self._fingerprint_payload()
         fp = fingerprint(payload)
         state = self._load_state(fp, payload) if (self.work_dir is not None and resume) else None
         if state is not None:
             self.method.load_learned_state_dict(state.learned)
             restore_optimizer(optimizer, state.optim_tensors, state.optim_layout)
+            self._precision.load_state_dict(state.grad_scaler)
             log.info("resuming at step %d (epoch %d, batch %d)", state.step, state.epoch + 1, state.pos)
         else:
             state = self._start_fresh(fp, payload, optimizer)
@@ -271,6 +278,7 @@ class Trainer:
             return
         state.learned = self.method.learned_state_dict()
         state.optim_tensors, state.optim_layout = flatten_optimizer(optimizer)
+        state.grad_scaler = self._precision.state_dict()
         path = write_state(self.work_dir, state)
         self._emit("on_checkpoint", state.step, path)
 
