@@ -26,6 +26,7 @@ COPY app ./app
 COPY worker ./worker
 COPY migrations ./migrations
 COPY devstack ./devstack
+COPY promptune ./promptune
 RUN pip install --no-deps .
 
 USER promptune
