@@ -16,6 +16,9 @@ Best-state selection: the kept state is the one with the highest validation top-
 equal accuracy the lower validation loss wins, and on an exact tie the EARLIER epoch is kept.
 Test data never reaches the engine. Without validation data the last epoch's state is kept.
 Epoch numbers in ``history``, ``best_epoch`` and ``on_epoch_end`` count from 1.
+
+Under an initialised ``torch.distributed`` group each rank trains its slice of every global batch
+(``distributed.py``); without one the path is exactly the single-process one.
 """
 
 from __future__ import annotations
@@ -33,9 +36,9 @@ from torch.utils.data import DataLoader, IterableDataset
 from ..base import PromptMethod
 from ..errors import ConfigError, DataError, PromptuneError, TrainingCancelled, TrainingPaused
 from .config import TrainConfig, fingerprint
+from .distributed import DataParallel
 from .optim import build_optimizer
 from .passes import EvalPass, TrainTop1, evaluation_pass, method_device, seeded_loader
-from .precision import StepPrecision
 from .results import TrainResult, epoch_train_metrics, improves_on_best, train_result
 from .schedule import lr_at, set_lr
 from .seeding import derive_seed, seed_cpu_rngs
@@ -97,9 +100,11 @@ class Trainer:
         if self.steps_per_epoch < 1:
             raise DataError(f"train_data has {n} items: fewer than one batch of {bs} with drop_last")
         self.total_steps = self.steps_per_epoch * self.config.epochs
+        # This process's share of a torch.distributed group (inert without one): see distributed.py.
+        self._dp = DataParallel()
         # Refuses a precision the device cannot autocast in now, not at the first step; fit() starts
         # a fresh one so an fp16 loss scale never leaks from one fit into the next.
-        self._precision = StepPrecision(self.config.precision, self._device())
+        self._precision = self._dp.precision(self.config.precision, self._device())
 
     def _check_data(self, name: str, data: Any) -> Any:
         if (
@@ -159,13 +164,15 @@ class Trainer:
 
     # ---- callbacks ------------------------------------------------------------------------
     def _emit(self, name: str, *args: Any) -> None:
+        if not self._dp.is_main:  # one report per run, not one per rank
+            return
         for cb in self.callbacks:
             fn = getattr(cb, name, None)
             if fn is not None:
                 fn(*args)
 
     def _poll_stop(self) -> None:
-        if self.should_stop is not None and self.should_stop():
+        if self._dp.agree(self.should_stop):  # rank 0 decides for every rank
             raise TrainingCancelled("training was cancelled")
 
     # ---- evaluation -----------------------------------------------------------------------
@@ -190,7 +197,10 @@ class Trainer:
         )
 
     # ---- the loop -------------------------------------------------------------------------
-    def _step(self, optimizer: torch.optim.Optimizer, batch: dict[str, Any], step: int) -> StepOutcome:
+    def _step(
+        self, optimizer: torch.optim.Optimizer, batch: dict[str, Any] | None, step: int, global_size: int
+    ) -> StepOutcome:
+        """One step on ``batch``, this rank's slice of a global batch of ``global_size`` (None: empty slice)."""
         cfg = self.config
         generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "step", step))
         seed_cpu_rngs(derive_seed(cfg.seed, "global", step))
@@ -205,26 +215,36 @@ class Trainer:
         )
         set_lr(optimizer.param_groups, lr)
         optimizer.zero_grad(set_to_none=True)
-        labels = torch.as_tensor(batch["label"])
-        with TrainTop1(self.method, labels, len(self.method.class_names)) as top1, self._precision.autocast():
-            loss, logs = self.method.training_loss(batch, generator)
-        loss = loss.float()  # a no-op in fp32; backward and the epoch's sums in float32
-        loss_value = float(loss.detach().item())
+        loss, hits, mine = torch.zeros(()), None, 0
+        logs: Mapping[str, Any] = {}
+        if batch is not None:
+            labels = torch.as_tensor(batch["label"])
+            with (
+                TrainTop1(self.method, labels, len(self.method.class_names)) as top1,
+                self._precision.autocast(),
+            ):
+                loss, logs = self.method.training_loss(batch, generator)
+            loss = loss.float()  # a no-op in fp32; backward and the epoch's sums in float32
+            hits, mine = top1.hits, int(labels.shape[0])
+        # The global batch's numbers, the same on every rank (this rank's own without a process group).
+        loss_value, logs, hits, size = self._dp.reduce_step(loss, logs, hits, mine, global_size)
         if not math.isfinite(loss_value):
             raise PromptuneError(
                 f"training loss is {loss_value} at step {step} (lr {lr:.3g}); lower the learning rate"
             )
+        loss = self._dp.scale_loss(loss, mine, global_size)
         self._precision.backward_and_step(loss, optimizer, cfg.grad_clip)
-        logs = {k: float(v) for k, v in logs.items()}
-        return StepOutcome(loss_value, logs, lr, hits=top1.hits, size=int(labels.shape[0]))
+        return StepOutcome(loss_value, logs, lr, hits=hits, size=size)
 
     def fit(self, resume: bool = True) -> TrainResult:
         """Train (resuming from ``work_dir`` when it holds a state for this exact setup)."""
         optimizer = build_optimizer(self.method, self.config)
-        self._precision = StepPrecision(self.config.precision, self._device())
+        self._precision = self._dp.precision(self.config.precision, self._device())
         payload = self._fingerprint_payload()
         fp = fingerprint(payload)
         state = self._load_state(fp, payload) if (self.work_dir is not None and resume) else None
+        # Also a barrier: no rank reads work_dir after rank 0 starts clearing it in _start_fresh.
+        self._dp.check_same("the resume step in work_dir", None if state is None else state.step)
         if state is not None:
             self.method.load_learned_state_dict(state.learned)
             restore_optimizer(optimizer, state.optim_tensors, state.optim_layout)
@@ -237,11 +257,11 @@ class Trainer:
     def _start_fresh(self, fp: str, payload: dict[str, Any], optimizer: torch.optim.Optimizer) -> ResumeState:
         """Clear any old state, run the method's data-dependent ``prepare`` and save step 0."""
         seed = self.config.seed
-        if self.work_dir is not None:
+        if self.work_dir is not None and self._dp.is_main:
             clear_state(self.work_dir)
         seed_cpu_rngs(derive_seed(seed, "prepare"))
         torch.manual_seed(derive_seed(seed, "prepare"))  # CPU and every CUDA device
-        self.method.prepare(self.train_data, seed=seed)
+        self._dp.prepare(self.method, self.train_data, seed=seed)  # rank 0 computes, every rank gets it
         state = ResumeState(
             step=0,
             epoch=0,
@@ -274,7 +294,7 @@ class Trainer:
         )
 
     def _save(self, state: ResumeState, optimizer: torch.optim.Optimizer) -> None:
-        if self.work_dir is None:
+        if self.work_dir is None or not self._dp.is_main:  # every rank holds the same state: one writer
             return
         state.learned = self.method.learned_state_dict()
         state.optim_tensors, state.optim_layout = flatten_optimizer(optimizer)
@@ -314,15 +334,16 @@ class Trainer:
         # A resume state written before train accuracy was counted lacks these: count from here on.
         state.epoch_accum.setdefault("hits", 0)
         state.epoch_accum.setdefault("seen", 0)
-        loader_iter = iter(self._loader(self.train_data, state.epoch, batches))
+        local = [self._dp.shard(b) for b in batches]  # this rank's slices (the batches themselves alone)
+        loader_iter = iter(self._loader(self.train_data, state.epoch, [b for b in local if b]))
         try:
-            for _ in range(len(batches)):
+            for global_batch, mine in zip(batches, local, strict=True):
                 if cfg.max_steps is not None and state.step >= cfg.max_steps:
                     break
                 self._poll_stop()
                 self._poll_pause(state, optimizer, last_saved)
-                batch = self._to_device(next(loader_iter), device)
-                self._record_step(state, self._step(optimizer, batch, state.step))
+                batch = self._to_device(next(loader_iter), device) if mine else None
+                self._record_step(state, self._step(optimizer, batch, state.step, len(global_batch)))
                 every = cfg.checkpoint_every_steps
                 if every and state.step % every == 0 and state.pos < self.steps_per_epoch:
                     self._save(state, optimizer)
@@ -332,7 +353,7 @@ class Trainer:
         return last_saved
 
     def _poll_pause(self, state: ResumeState, optimizer: torch.optim.Optimizer, last_saved: int) -> None:
-        if self.should_pause is not None and self.should_pause():
+        if self._dp.agree(self.should_pause):
             if last_saved != state.step:
                 self._save(state, optimizer)
             raise TrainingPaused(f"training paused at step {state.step}")
