@@ -12,6 +12,7 @@ from .dataset import (
 from .fewshot import apply_split, few_shot, split_paths, split_samples
 from .folder import read_image_folder
 from .manifest import read_manifest
+from .shards import ShardSpec, ShardStream, list_shards, write_shards
 from .transforms import train_transform
 from .webdataset import WebDatasetShards, iter_webdataset, scan_webdataset
 
@@ -21,6 +22,8 @@ __all__ = [
     "DatasetReport",
     "LabeledImageDataset",
     "Sample",
+    "ShardSpec",
+    "ShardStream",
     "WebDatasetShards",
     "apply_split",
     "check_image",
@@ -29,8 +32,10 @@ __all__ = [
     "open_image",
     "read_image_folder",
     "read_manifest",
+    "list_shards",
     "scan_webdataset",
     "split_paths",
     "split_samples",
     "train_transform",
+    "write_shards",
 ]
