@@ -94,11 +94,16 @@ def has_image_extension(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def open_image(fp: IO[bytes] | str | Path) -> Image.Image:
-    """Decode an image to RGB (JPEG/PNG/WebP only; decompression bombs raise)."""
+def open_image(fp: IO[bytes] | str | Path, *, max_pixels: int | None = None) -> Image.Image:
+    """Decode an image to RGB (JPEG/PNG/WebP only; decompression bombs raise).
+
+    ``max_pixels``: refuse (ValueError) a larger image from its header, before decoding any pixel.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(fp, formats=ALLOWED_FORMATS) as img:
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                raise ValueError(f"{img.width}x{img.height} is over {max_pixels} pixels")
             img.load()
             return img.convert("RGB")
 

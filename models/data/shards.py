@@ -28,7 +28,6 @@ import hashlib
 import io
 import json
 import tarfile
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -39,7 +38,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import DataError
-from .dataset import ALLOWED_FORMATS, MAX_IMAGE_BYTES, DatasetReport, _to_tensor
+from .dataset import MAX_IMAGE_BYTES, DatasetReport, _to_tensor, open_image
 from .webdataset import IMAGE_EXTS, _split_key
 
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -127,17 +126,6 @@ def iter_stream_groups(
         raise DataError(f"shard {where} cannot be read: {type(exc).__name__}: {exc}") from exc
     if current is not None and pos >= skip:
         yield pos, current, members
-
-
-def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """JPEG/PNG/WebP bytes -> RGB, refusing images over ``max_pixels`` before decoding them."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as img:
-            if img.width * img.height > max_pixels:
-                raise ValueError(f"{img.width}x{img.height} is over {max_pixels} pixels")
-            img.load()
-            return img.convert("RGB")
 
 
 def _raw_label(members: dict[str, bytes]) -> int | str | None:
@@ -264,7 +252,7 @@ class ShardStream(IterableDataset):
             self.report.add(where, f"bad label: {exc}")
             return None
         try:
-            img = decode_image(members[ext], self.max_pixels)
+            img = open_image(io.BytesIO(members[ext]), max_pixels=self.max_pixels)
         except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad files
             self.report.add(where, f"unreadable image: {type(exc).__name__}: {exc}")
             return None
