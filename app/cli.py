@@ -22,13 +22,22 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from worker.celery_app import JOBS_QUEUE, app
+    from app.core.queue import worker_queues
+    from app.core.settings import get_settings
+    from worker.celery_app import app
 
-    argv = ["worker", f"--concurrency={args.concurrency}", f"--loglevel={args.loglevel}", "-Q", JOBS_QUEUE]
+    queues = ",".join(worker_queues(get_settings().worker_devices))  # jobs of every world size it can host
+    argv = ["worker", f"--concurrency={args.concurrency}", f"--loglevel={args.loglevel}", "-Q", queues]
     if args.hostname:
         argv.append(f"--hostname={args.hostname}")
     app.worker_main(argv)
     return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from worker.rank_main import run_from_args
+
+    return run_from_args(args)
 
 
 def _migrate(_: argparse.Namespace) -> int:
@@ -108,11 +117,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     p.set_defaults(func=_serve)
 
-    p = sub.add_parser("worker", help="run a Celery worker for training jobs (queue 'jobs')")
+    p = sub.add_parser(
+        "worker",
+        help="run a Celery worker for training jobs (queues by world size: PROMPTUNE_WORKER_DEVICES)",
+    )
     p.add_argument("--concurrency", type=int, default=1, help="jobs run in parallel (one per GPU)")
     p.add_argument("--loglevel", default="INFO")
     p.add_argument("--hostname", default=None, help="Celery node name (default: celery@<host>)")
     p.set_defaults(func=_worker)
+
+    p = sub.add_parser(
+        "train", help="run one job's rank under torchrun / PyTorchJob / srun (alone without one)"
+    )
+    from worker.rank_main import add_train_arguments
+
+    add_train_arguments(p)
+    p.set_defaults(func=_train)
 
     p = sub.add_parser("migrate", help="upgrade the database schema to the latest revision")
     p.set_defaults(func=_migrate)

@@ -6,7 +6,6 @@ The app never creates tables: the schema comes from Alembic (``promptune migrate
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
@@ -30,7 +29,7 @@ from app.core.catalogue import ServerRegistry
 from app.core.db import repo
 from app.core.db.session import get_engine, session_factory
 from app.core.methods import load_method_modules
-from app.core.queue import enqueue_job
+from app.core.queue import Enqueue, enqueue_job
 from app.core.settings import Settings, get_settings
 from app.core.storage import make_storage
 from app.inference import InferenceCache
@@ -40,12 +39,13 @@ from app.serving.engine import InferenceEngine
 log = logging.getLogger("promptune.api")
 
 
-def create_app(settings: Settings | None = None, *, enqueue: Callable[[str], None] | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = None) -> FastAPI:
     """Build the API around ``settings`` (default: from the environment).
 
     Args:
-        enqueue: how a new job id reaches the workers (default: ``app.core.queue.enqueue_job``, which
-            connects on first use, so the API starts and keeps accepting jobs while the broker is down).
+        enqueue: how a new job id (and its ``world_size``) reaches the workers (default:
+            ``app.core.queue.enqueue_job``, which connects on first use, so the API starts and keeps
+            accepting jobs while the broker is down).
     """
     settings = settings or get_settings()
     load_method_modules(settings)  # before serving: the routes read the method registry

@@ -234,8 +234,12 @@ def start_worker(
     concurrency: int = 1,
     cwd: Path | None = None,
 ) -> Proc:
-    """A Celery worker consuming the ``jobs`` queue; log ``<name>.log``."""
-    argv = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "jobs"]
+    """A Celery worker consuming the queues of the world sizes it hosts (``PROMPTUNE_WORKER_DEVICES`` in
+    ``env``, default 1: the ``jobs`` queue); log ``<name>.log``."""
+    from app.core.queue import worker_queues
+
+    queues = ",".join(worker_queues(int(env.get("PROMPTUNE_WORKER_DEVICES", "1"))))
+    argv = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", queues]
     argv += [f"--concurrency={concurrency}", "--loglevel=INFO", f"--hostname={name}@%h"]
     argv += ["--without-mingle", "--without-gossip"]
     return Proc(name, argv, log_dir / f"{name}.log", env, cwd)

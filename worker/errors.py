@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 
+class RankFailure(RuntimeError):
+    """A data-parallel job's ranks ended without ending the attempt (one died, or was killed)."""
+
+
 def classify_error(exc: BaseException) -> tuple[str, str, bool]:
     """``(code, message, retryable)`` for an exception raised while running a job."""
     from app.core.job_plan import JobConfigError
@@ -16,6 +20,10 @@ def classify_error(exc: BaseException) -> tuple[str, str, bool]:
         return "timeout", "the job exceeded its time limit", False
     if _is_oom(exc):
         return "oom", f"out of memory ({type(exc).__name__})", False
+    if isinstance(exc, RankFailure):
+        return "internal", str(exc), True
+    if _is_collective_failure(exc):  # a peer rank died or hung: another attempt resumes the job
+        return "internal", f"a rank of the job failed or stopped answering ({type(exc).__name__})", True
     # security: no internal paths or tracebacks in the API-visible message; the worker log has them.
     return "internal", f"internal error ({type(exc).__name__})", True
 
@@ -38,3 +46,9 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and (
         "out of memory" in str(exc) or "can't allocate memory" in str(exc)
     )
+
+
+def _is_collective_failure(exc: BaseException) -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and isinstance(exc, dist.DistError)

@@ -36,3 +36,10 @@ class JobSpec:
     seed: int
     attempts: int
     max_attempts: int
+
+    @property
+    def world_size(self) -> int:
+        """The data-parallel ranks its config asks for (1 unless ``world_size`` says more)."""
+        from app.core.job_plan import job_world_size
+
+        return job_world_size(self.config)

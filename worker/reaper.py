@@ -11,8 +11,8 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
 
+from app.core.queue import Enqueue
 from app.core.settings import Settings
 from app.core.status import JobStatus
 from worker.state import LOST_MESSAGE, JobStore
@@ -58,16 +58,16 @@ def find_abandoned(store: JobStore, *, queued_after_seconds: float, limit: int =
 SWEEP_INTERVAL_SECONDS = 3600.0  # the storage sweep walks the whole tree: hourly is plenty
 
 
-def reap_once(
-    settings: Settings, *, enqueue: Callable[[str], None], store: JobStore | None = None
-) -> ReapResult:
-    """One pass: re-queue stale and orphaned jobs (through ``enqueue``), fail those without attempts left."""
+def reap_once(settings: Settings, *, enqueue: Enqueue, store: JobStore | None = None) -> ReapResult:
+    """One pass: re-queue stale and orphaned jobs (through ``enqueue``, to their world size's queue), fail
+    those without attempts left."""
     store = store or JobStore(settings.resolved_database_url)
     result = find_abandoned(store, queued_after_seconds=settings.queued_redeliver_after_seconds)
     _clear_finished(settings, [*result.failed, *result.cancelled])
     for job_id in result.requeued:
         try:
-            enqueue(job_id)
+            spec = store.job_spec(job_id)
+            enqueue(job_id, world_size=spec.world_size if spec is not None else 1)
         except Exception as exc:  # noqa: BLE001 - the broker is down: the next pass retries
             log.warning("reaper: could not enqueue job %s: %s", job_id, exc)
     if result.requeued or result.failed or result.cancelled:
@@ -96,7 +96,7 @@ def _clear_finished(settings: Settings, job_ids: list[str]) -> None:
 
 
 class ReaperThread(threading.Thread):
-    def __init__(self, settings: Settings, enqueue: Callable[[str], None]) -> None:
+    def __init__(self, settings: Settings, enqueue: Enqueue) -> None:
         super().__init__(name="promptune-reaper", daemon=True)
         self.settings = settings
         self.enqueue = enqueue
@@ -131,7 +131,7 @@ def sweep_storage(settings: Settings) -> int:
     return removed
 
 
-def start_reaper_thread(settings: Settings, *, enqueue: Callable[[str], None]) -> ReaperThread:
+def start_reaper_thread(settings: Settings, *, enqueue: Enqueue) -> ReaperThread:
     global _thread
     if _thread is None or not _thread.is_alive():
         _thread = ReaperThread(settings, enqueue)

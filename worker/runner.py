@@ -25,7 +25,6 @@ worker/job_data.py, the report in worker/model_report.py and its plots and card 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import shutil
@@ -44,6 +43,8 @@ from worker import shutdown
 from worker.errors import classify_error
 from worker.job_data import LoadedData, load_init_from, load_job_data
 from worker.model_report import build_report, evaluate_held_out, job_metrics
+from worker.outcomes import RunOutcome, drop_resume_state, end_attempt, follower_outcome
+from worker.ranks import SINGLE, RankInfo, leave_group, share_from_main
 from worker.report_assets import card_facts, render_assets, store_assets
 from worker.reporting import JobReporter, LeaseKeeper, LeaseLost
 from worker.state import JobSpec, JobStore, Lease
@@ -54,23 +55,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RETRY_DELAY_SECONDS = 10.0  # countdown before a released job is delivered again
-
 __all__ = ["JobRun", "LeaseLost", "RunOutcome", "classify_error", "run_job"]
-
-
-@dataclasses.dataclass(frozen=True)
-class RunOutcome:
-    """What happened to one delivery (the Celery task's result)."""
-
-    job_id: str
-    # succeeded | failed | cancelled | released | handed_back | busy | finished | missing | exhausted | lost
-    outcome: str
-    error_code: str | None = None
-    retry_in: float | None = None  # set when the job was released for another attempt
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def default_owner() -> str:
@@ -89,22 +74,27 @@ class JobRun:
         lease: Lease,
         keeper: LeaseKeeper,
         spec: JobSpec,
+        rank: RankInfo = SINGLE,
     ) -> None:
-        self.settings, self.store, self.storage, self.lease, self.keeper, self.spec = (
+        self.settings, self.store, self.storage, self.lease, self.keeper = (
             settings,
             store,
             storage,
             lease,
             keeper,
-            spec,
         )
-        # One folder per attempt: a worker that lost its lease never writes into its successor's.
-        self.work_dir = Path(settings.data_dir).resolve() / "work" / f"{spec.id}-{lease.attempt}"
+        self.spec, self.rank = spec, rank
+        # One folder per attempt (and per rank): a worker that lost its lease never writes into its
+        # successor's, and ranks on one host never share one.
+        suffix = f"-r{rank.rank}" if rank.distributed else ""
+        self.work_dir = Path(settings.data_dir).resolve() / "work" / f"{spec.id}-{lease.attempt}{suffix}"
         self.sync = ResumeSync(storage, spec.id)
 
     def _phase(self, phase: str, message: str, data: dict[str, Any] | None = None) -> None:
         from models import TrainingCancelled, TrainingPaused
 
+        if not self.rank.is_main:  # rank 0 owns the job's state and decides for every rank
+            return
         if self.keeper.lost.is_set() or not self.store.set_phase(self.lease, phase, message, data):
             self.keeper.lost.set()
             raise LeaseLost(self.lease.job_id)
@@ -135,7 +125,12 @@ class JobRun:
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
         # loading: the server's configs for the job, the backbone, the dataset's splits, the method
-        self._phase("loading", f"loading backbone {self.spec.backbone!r} and the dataset")
+        ranks = f" on {self.rank.world_size} ranks" if self.rank.distributed else ""
+        self._phase(
+            "loading",
+            f"loading backbone {self.spec.backbone!r} and the dataset{ranks}",
+            {"world_size": self.rank.world_size},
+        )
         plan = self._plan()
         backbone = models.load_backbone(plan.backbone)
         data = load_job_data(
@@ -152,6 +147,11 @@ class JobRun:
         train_config, lr_search = self._learning_rate(plan, backbone, data, state)
         trainer = self._trainer(method, train_config, data, state)
         result = trainer.fit()
+        if self.rank.distributed:  # the ranks' work is done: rank 0 alone evaluates and saves
+            leave_group(barrier=True)
+            if not self.rank.is_main:
+                self.cleanup(keep_resume_state=True)
+                return "", {}
         # saving: the kept epoch measured on the held-out split, its report, checkpoint and assets
         self._phase("saving", "evaluating and saving the tuned model")
         method.load_learned_state_dict(result.best_state)
@@ -166,11 +166,10 @@ class JobRun:
     # ---- stages ----
     def _build_method(self, plan: Any, backbone: Any, data: LoadedData) -> PromptMethod:
         """The job's method on the training device, started from ``init_from`` when the job names one."""
-        import torch
 
         import models
 
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = self.rank.device()
         method = models.build_method(self.spec.method, backbone, plan.method_config, data.class_names)
         if plan.init_from:
             load_init_from(self.store, self.storage, self.spec, method, plan.init_from)
@@ -204,6 +203,8 @@ class JobRun:
         reporter = self._reporter("preparing")
 
         def report(text: str, record: dict[str, Any]) -> None:
+            if not self.rank.is_main:
+                return
             if not self.store.message(self.lease, text, {"lr_search": record}):
                 self.keeper.lost.set()
                 raise LeaseLost(self.lease.job_id)
@@ -247,7 +248,7 @@ class JobRun:
             data.train,
             data.val,
             work_dir=self.work_dir,
-            callbacks=[reporter],
+            callbacks=[reporter] if self.rank.is_main else [],  # rank 0 reports for every rank
             should_stop=reporter.should_stop,
             should_pause=reporter.should_pause,
         )
@@ -322,79 +323,56 @@ def run_job(
     store: JobStore | None = None,
     storage: Storage | None = None,
     owner: str | None = None,
+    rank: RankInfo = SINGLE,
 ) -> RunOutcome:
-    """Run one delivery of ``job_id`` to its end (or hand it back); never raises for job errors."""
+    """Run one delivery of ``job_id`` to its end (or hand it back); never raises for job errors.
+
+    ``rank``: this process's place in a data-parallel group it has already joined (worker/ranks.py):
+    rank 0 claims the job and shares the lease, every rank trains, rank 0 alone writes the job's state.
+    """
     settings = settings or get_settings()
     store = store or JobStore(settings.resolved_database_url)
-    claim = store.claim(job_id, owner=owner or default_owner(), lease_seconds=settings.job_lease_seconds)
-    if claim.lease is None:
-        log.info("job %s: not claimed (%s)", job_id, claim.outcome)
-        if claim.outcome in ("exhausted", "cancelled"):  # ended by this claim: drop its resume state
-            _drop_resume_state(settings, storage, job_id)
-        return RunOutcome(job_id, claim.outcome)
-    lease = claim.lease
-    spec = store.job_spec(job_id)
+    lease: Lease | None = None
+    unclaimed = RunOutcome(job_id, "unclaimed")
+    if rank.is_main:
+        claim = store.claim(job_id, owner=owner or default_owner(), lease_seconds=settings.job_lease_seconds)
+        lease = claim.lease
+        if lease is None:
+            log.info("job %s: not claimed (%s)", job_id, claim.outcome)
+            if claim.outcome in ("exhausted", "cancelled"):  # ended by this claim: drop its resume state
+                drop_resume_state(settings, storage, job_id)
+            unclaimed = RunOutcome(job_id, claim.outcome)
+    if rank.distributed:
+        lease = share_from_main(lease)  # every rank trains under rank 0's lease, or none does
+    if lease is None:
+        if rank.distributed:
+            leave_group(barrier=True)  # every rank got the same answer: all leave together
+        return unclaimed
+    return _run_attempt(settings, store, storage, lease, rank)
+
+
+def _run_attempt(
+    settings: Settings, store: JobStore, storage: Storage | None, lease: Lease, rank: RankInfo
+) -> RunOutcome:
+    spec = store.job_spec(lease.job_id)
     assert spec is not None
     keeper = LeaseKeeper(store, lease, settings.job_lease_seconds)
-    keeper.start()
+    if rank.is_main:  # the other ranks hold no lease of their own
+        keeper.start()
     job: JobRun | None = None
     try:
         storage = storage or make_storage(settings.storage_url, settings.data_dir)
-        job = JobRun(settings, store, storage, lease, keeper, spec)
+        job = JobRun(settings, store, storage, lease, keeper, spec, rank)
         job.run()
-        return RunOutcome(job_id, JobStatus.SUCCEEDED)
+        return RunOutcome(spec.id, JobStatus.SUCCEEDED if rank.is_main else "rank_done")
     except LeaseLost:
-        return RunOutcome(job_id, "lost")
+        return RunOutcome(spec.id, "lost")
     except BaseException as exc:
-        outcome = _end_attempt(store, lease, keeper, spec, exc, job)
+        if not rank.is_main:
+            return follower_outcome(spec.id, exc, job)
+        outcome = end_attempt(store, lease, keeper, spec, exc, job)
         if job is not None and outcome.outcome != "lost":
             job.cleanup(keep_resume_state=outcome.outcome in ("released", "handed_back"))
         return outcome
     finally:
         keeper.stop()
-
-
-def _drop_resume_state(settings: Settings, storage: Storage | None, job_id: str) -> None:
-    try:
-        ResumeSync(storage or make_storage(settings.storage_url, settings.data_dir), job_id).clear()
-    except Exception as exc:  # noqa: BLE001 - storage unavailable: a leftover state is harmless
-        log.warning("job %s: could not delete its resume state: %s", job_id, exc)
-
-
-def _end_attempt(
-    store: JobStore,
-    lease: Lease,
-    keeper: LeaseKeeper,
-    spec: JobSpec,
-    exc: BaseException,
-    job: JobRun | None,
-) -> RunOutcome:
-    from models import TrainingCancelled, TrainingPaused
-
-    keeper.stop()
-    if keeper.lost.is_set():
-        return RunOutcome(spec.id, "lost")
-    if isinstance(exc, TrainingCancelled):
-        store.finish(lease, JobStatus.CANCELLED, "cancelled_by_user", "cancelled by the user")
-        return RunOutcome(spec.id, JobStatus.CANCELLED, "cancelled_by_user")
-    if isinstance(exc, TrainingPaused):  # SIGTERM: the state is stored; another worker continues
-        step = job.saved_step() if job is not None else None
-        where = f"at step {step}" if step is not None else "before training"
-        if not store.hand_back(
-            lease, f"worker shutting down: handed back {where}; re-queued", {"step": step}
-        ):
-            return RunOutcome(spec.id, "lost")
-        log.info("job %s: handed back %s (worker shutting down)", spec.id, where)
-        return RunOutcome(spec.id, "handed_back", "worker_shutdown", retry_in=0.0)
-    if isinstance(exc, KeyboardInterrupt | SystemExit):
-        raise exc  # worker shutdown: the lease expires and the reaper re-queues the job
-    code, message, retryable = classify_error(exc)
-    if retryable:
-        log.exception("job %s: attempt %d failed", spec.id, lease.attempt, exc_info=exc)
-    else:
-        log.warning("job %s failed: %s: %s", spec.id, code, message)
-    if retryable and lease.attempt < spec.max_attempts:
-        store.release(lease, code, message)
-        return RunOutcome(spec.id, "released", code, retry_in=RETRY_DELAY_SECONDS * lease.attempt)
-    store.finish(lease, JobStatus.FAILED, code, message)
-    return RunOutcome(spec.id, JobStatus.FAILED, code)

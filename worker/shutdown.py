@@ -72,6 +72,11 @@ def job_running() -> Iterator[None]:
         _requested.clear()
 
 
+def handle_sigterm() -> None:
+    """In a process that runs one job and exits (a rank under a launcher): SIGTERM only sets the flag."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+
 def forward_to_running_tasks() -> list[int]:
     """In the main process, at warm shutdown: ask every running task to hand its job back.
 

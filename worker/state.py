@@ -382,6 +382,16 @@ class JobStore:
                 job.max_attempts,
             )
 
+    def held_lease(self, job_id: str, owner: str) -> tuple[str, Lease | None]:
+        """The job's status, and its lease when ``owner`` still holds it (running): what a launcher reads
+        after its ranks exit, to end an attempt they left open."""
+        with self._tx() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                return "missing", None
+            held = job.status == JobStatus.RUNNING and job.lease_owner == owner
+            return job.status, Lease(job_id, owner, job.attempts) if held else None
+
     def dataset(self, *, tenant_id: str, dataset_id: str) -> Dataset | None:
         """The tenant's dataset row (ownership re-checked: another tenant's id is not found)."""
         with self._tx() as s:

@@ -2,9 +2,9 @@
 
 A job's ``config`` object is flat (the REST contract): the training recipe (``models.TrainConfig``'s
 fields but ``seed``, which the job carries, and the runtime fields the server decides), how the dataset is
-used (``val_fraction``, ``shots``), the method's own config fields and shorthands, and ``init_from`` for
-methods that can start from another model. Which fields a method has, their limits and the method's
-capabilities all come from its registration in ``models`` (the registry); nothing here names a method.
+used (``val_fraction``, ``shots``), how many data-parallel ranks train it (``world_size``), the method's
+own config fields and shorthands, and ``init_from`` for methods that can start from another model.
+Which fields a method has, their limits and the method's capabilities all come from its registration in ``models`` (the registry); nothing here names a method.
 The API validates a request with :func:`build_plan`; the worker calls it again on the stored config, so
 the two can never disagree on its meaning.
 
@@ -26,7 +26,8 @@ from models import BackboneSpec, ConfigError, MethodEntry, TrainConfig, config_s
 JOB_SET_TRAIN_FIELDS = frozenset({"seed"})  # a job-level field, not part of config
 INIT_FROM = "init_from"
 BACKBONE_FAMILY = "backbone_family"  # field metadata: the value names a registered backbone
-DATA_FIELDS: dict[str, dict[str, Any]] = {
+# The service's own fields: how the dataset is used and how the job runs.
+JOB_FIELDS: dict[str, dict[str, Any]] = {
     "val_fraction": {
         "type": "number",
         "minimum": 0,
@@ -39,6 +40,16 @@ DATA_FIELDS: dict[str, dict[str, Any]] = {
         "minimum": 1,
         "default": None,
         "description": "train on at most this many images per class (k-shot); null = all",
+    },
+    "world_size": {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 1024,
+        "default": 1,
+        "description": "data-parallel processes (GPUs; gloo CPU processes on a machine without GPUs). "
+        "batch_size stays the global batch, split across them; the job goes only to a worker whose "
+        "PROMPTUNE_WORKER_DEVICES is at least this, or to `promptune train --job-id` under a launcher "
+        "(docs/distributed.md)",
     },
 }
 
@@ -72,6 +83,7 @@ class JobPlan:
     # and each trial's epochs; both None when the request named its lr.
     lr_grid: tuple[float, ...] | None = None
     lr_trial_epochs: int | None = None
+    world_size: int = 1  # data-parallel ranks (routing: app.core.queue.job_queue)
 
 
 def _invalid(field: str, message: str) -> JobConfigError:
@@ -102,7 +114,7 @@ def method_fields(entry: MethodEntry) -> frozenset[str]:
 
 def check_method_fields(entry: MethodEntry) -> None:
     """A method whose field names collide with the recipe or data fields cannot be served (start-up check)."""
-    shared = sorted(method_fields(entry) & (train_fields() | set(DATA_FIELDS)))
+    shared = sorted(method_fields(entry) & (train_fields() | set(JOB_FIELDS)))
     if shared:
         raise JobConfigError(
             "invalid_method",
@@ -147,7 +159,7 @@ def _recipe_schema(entry: MethodEntry) -> dict[str, Any]:
 def job_config_schema(entry: MethodEntry) -> dict[str, Any]:
     """The JSON Schema of a job's ``config`` for this method (what the API accepts)."""
     properties = _recipe_schema(entry)
-    properties.update(DATA_FIELDS)
+    properties.update(JOB_FIELDS)
     properties.update(entry.config_schema()["properties"])
     for name, family in _backbone_refs(entry).items():
         properties[name] = {
@@ -186,8 +198,22 @@ def resolve_backbone(
     return spec
 
 
+def job_world_size(config: Mapping[str, Any]) -> int:
+    """The ranks a stored (already validated) job config asks for: its routing key."""
+    value = config.get("world_size", 1)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 1
+
+
+def _world_size(config: Mapping[str, Any]) -> int:
+    value = config.get("world_size", 1)
+    limit = JOB_FIELDS["world_size"]["maximum"]
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        raise _invalid("world_size", f"must be an integer in [1, {limit}]")
+    return value
+
+
 def _data_fields(config: Mapping[str, Any]) -> tuple[float, int | None]:
-    val_fraction = config.get("val_fraction", DATA_FIELDS["val_fraction"]["default"])
+    val_fraction = config.get("val_fraction", JOB_FIELDS["val_fraction"]["default"])
     if (
         isinstance(val_fraction, bool)
         or not isinstance(val_fraction, int | float)
@@ -229,7 +255,7 @@ def _resolve_backbone_refs(
 def _split(entry: MethodEntry, config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """``config`` -> (recipe values, method values); an unknown field is refused by name."""
     recipe, own = train_fields(), method_fields(entry)
-    allowed = recipe | set(DATA_FIELDS) | own
+    allowed = recipe | set(JOB_FIELDS) | own
     unknown = sorted(set(config) - allowed)
     if unknown:
         raise _invalid(
@@ -377,5 +403,6 @@ def build_plan(
     )
     method_config = _method_config(entry, method_values, specs)
     return JobPlan(
-        method, spec, method_config, train_config, val_fraction, shots, init_from, lr_grid, trial_epochs
-    )
+        method, spec, method_config, train_config, val_fraction, shots, init_from, lr_grid, trial_epochs,
+        world_size=_world_size(config),
+    )  # fmt: skip

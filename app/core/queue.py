@@ -10,12 +10,16 @@ Reliability settings follow Celery's own caveats (docs: tasks.rst "acks_late", r
 - the Redis ``visibility_timeout`` sits above the hard time limit (set in all three places Celery
   reads it) so Redis never hands a still-running job to a second worker; the lease guards anyway.
 - JSON only: a message is ``{"args": [job_id]}``, nothing a client could make Celery unpickle.
+
+Routing by world size: a job of ``world_size`` N goes to the queue :func:`job_queue` (N); a worker that
+can host D ranks (``PROMPTUNE_WORKER_DEVICES``) consumes :func:`worker_queues` (D), the queues of every
+N <= D. So a two-rank job only reaches workers with two devices, and a one-rank job any worker.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Protocol
 
 from celery import Celery
 
@@ -69,8 +73,24 @@ def celery_client() -> Celery:
         return _client
 
 
-def enqueue_job(job_id: str, *, countdown: float | None = None) -> None:
-    """Send ``promptune.run_job(job_id)`` to the ``jobs`` queue (the message carries the id only).
+class Enqueue(Protocol):
+    """How a job id reaches the workers (``enqueue_job``; tests pass a recorder)."""
+
+    def __call__(self, job_id: str, *, world_size: int = 1) -> None: ...
+
+
+def job_queue(world_size: int = 1) -> str:
+    """The queue of jobs with ``world_size`` ranks: ``jobs`` for one (as ever), ``jobs.w<N>`` beyond."""
+    return JOBS_QUEUE if world_size <= 1 else f"{JOBS_QUEUE}.w{world_size}"
+
+
+def worker_queues(devices: int) -> list[str]:
+    """The queues a worker hosting up to ``devices`` ranks consumes (largest jobs first)."""
+    return [job_queue(n) for n in range(max(1, devices), 0, -1)]
+
+
+def enqueue_job(job_id: str, *, countdown: float | None = None, world_size: int = 1) -> None:
+    """Send ``promptune.run_job(job_id)`` to the queue of its world size (the message carries the id only).
 
     Raises the broker's error when Redis is unreachable after a short retry; callers leave the job
     ``queued`` and the reaper re-sends it later.
@@ -81,7 +101,7 @@ def enqueue_job(job_id: str, *, countdown: float | None = None) -> None:
     celery_client().send_task(
         RUN_JOB_TASK,
         args=[job_id],
-        queue=JOBS_QUEUE,
+        queue=job_queue(world_size),
         retry=True,
         retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
         **options,

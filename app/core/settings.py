@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     storage_sweep_after_seconds: int = Field(default=6 * 3600, gt=0)
     # jobs.progress is written at most this often (0 = every step, as the chaos tests use).
     progress_interval_seconds: float = Field(default=0.5, ge=0)
+    # Data-parallel jobs (docs/distributed.md): the ranks this worker may start for one job (its GPUs;
+    # on a machine without GPUs, gloo CPU processes), and how long a rank waits in a collective for the
+    # others before the attempt fails (a dead peer usually fails it at once; this bounds a hung one).
+    worker_devices: int = Field(default=1, ge=1, le=1024)
+    rank_timeout_seconds: float = Field(default=300.0, gt=0)
 
     inference_cache_size: int = Field(default=4, gt=0)
     # Serving (app/serving): where predictions run, in what precision, and how requests are batched.

@@ -128,7 +128,7 @@ def enqueued() -> list[str]:
 
 @pytest.fixture
 def app(settings: Settings, enqueued: list[str]):
-    return create_app(settings, enqueue=enqueued.append)
+    return create_app(settings, enqueue=lambda job_id, **_: enqueued.append(job_id))
 
 
 @pytest.fixture

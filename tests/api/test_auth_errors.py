@@ -94,7 +94,7 @@ def test_error_shapes(app, client: TestClient, headers_a: dict[str, str]) -> Non
 def test_unhandled_errors_hide_the_traceback(settings, enqueued) -> None:
     from app.main import create_app
 
-    app = create_app(settings, enqueue=enqueued.append)
+    app = create_app(settings, enqueue=lambda job_id, **_: enqueued.append(job_id))
 
     @app.get("/boom")
     def boom() -> None:

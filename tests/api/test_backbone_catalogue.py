@@ -45,7 +45,7 @@ def empty_hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @contextlib.contextmanager
 def _client(settings: Settings, **changes: Any) -> Iterator[TestClient]:
-    app = create_app(settings.model_copy(update=changes), enqueue=lambda _job_id: None)
+    app = create_app(settings.model_copy(update=changes), enqueue=lambda _job_id, **_: None)
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client
 

@@ -212,7 +212,7 @@ def test_idempotent_create(client: TestClient, headers_a: dict[str, str]) -> Non
 def restarted_app(settings: Settings) -> TestClient:
     """A second app on the same database and storage ("after a restart"), models' own cache emptied."""
     models_inference.clear_text_feature_cache()
-    return TestClient(create_app(settings, enqueue=lambda _: None), raise_server_exceptions=False)
+    return TestClient(create_app(settings, enqueue=lambda _job_id, **_: None), raise_server_exceptions=False)
 
 
 def test_text_features_survive_a_restart(

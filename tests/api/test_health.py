@@ -31,7 +31,9 @@ def test_readyz_reports_the_failing_broker(client: TestClient) -> None:
 
 
 def test_readyz_ok_with_real_redis(settings: Settings, redis_server: RedisServer) -> None:
-    app = create_app(settings.model_copy(update={"redis_url": redis_server.url}), enqueue=lambda _: None)
+    app = create_app(
+        settings.model_copy(update={"redis_url": redis_server.url}), enqueue=lambda _job_id, **_: None
+    )
     with TestClient(app) as client:
         response = client.get("/readyz")
     assert response.status_code == 200, response.text
@@ -44,7 +46,9 @@ def test_readyz_detects_migrations_behind(
 ) -> None:
     with get_engine(database_url).begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = 'old'"))
-    app = create_app(settings.model_copy(update={"redis_url": redis_server.url}), enqueue=lambda _: None)
+    app = create_app(
+        settings.model_copy(update={"redis_url": redis_server.url}), enqueue=lambda _job_id, **_: None
+    )
     with TestClient(app) as client:
         body = client.get("/readyz").json()
     assert body["checks"]["migrations"]["ok"] is False and "old" in body["checks"]["migrations"]["error"]

@@ -89,7 +89,7 @@ def test_rpp_job(client: TestClient, headers_a: dict[str, str], dataset_id: str)
 def test_broker_down_keeps_job_queued(
     app, client: TestClient, headers_a: dict[str, str], dataset_id: str
 ) -> None:
-    def broken(job_id: str) -> None:
+    def broken(job_id: str, **_: object) -> None:
         raise ConnectionError("broker down")
 
     app.state.enqueue = broken
@@ -339,3 +339,28 @@ def test_lr_auto_needs_a_validation_split(
     assert error["param"] == "config.lr" and "validation" in error["message"]
     carved = client.post("/v1/jobs", headers=headers_a, json=spt_job(dataset_id, lr="auto", val_fraction=0.2))
     assert carved.status_code == 201, carved.text
+
+
+def test_world_size_routes_the_job_and_is_validated(
+    app, client: TestClient, headers_a: dict[str, str], dataset_id: str
+) -> None:
+    sent: list[tuple[str, int]] = []
+    app.state.enqueue = lambda job_id, *, world_size=1: sent.append((job_id, world_size))
+    two = client.post("/v1/jobs", headers=headers_a, json=spt_job(dataset_id, world_size=2))
+    one = client.post("/v1/jobs", headers=headers_a, json=spt_job(dataset_id))
+    assert two.status_code == one.status_code == 201, (two.text, one.text)
+    assert sent == [(two.json()["id"], 2), (one.json()["id"], 1)]
+    assert two.json()["config"]["world_size"] == 2
+    for bad in (0, 1.5, True, "2", 100_000):
+        response = client.post("/v1/jobs", headers=headers_a, json=spt_job(dataset_id, world_size=bad))
+        assert assert_error(response, 422, "invalid_config")["param"] == "config.world_size", bad
+    assert len(sent) == 2  # nothing refused was enqueued
+
+
+def test_world_size_is_in_every_method_config_schema(client: TestClient) -> None:
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    configs = {name: schema for name, schema in schemas.items() if name.endswith("JobConfig")}
+    assert {"SptJobConfig", "RppJobConfig"} <= set(configs)
+    for name, schema in configs.items():
+        field = schema["properties"]["world_size"]
+        assert field["minimum"] == 1 and field["default"] == 1, name

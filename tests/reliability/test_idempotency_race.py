@@ -81,7 +81,7 @@ def test_concurrent_idempotent_posts_create_one_job(
         max_concurrent_jobs_per_tenant=100,
     )
     enqueued: list[str] = []
-    app = create_app(settings, enqueue=enqueued.append)
+    app = create_app(settings, enqueue=lambda job_id, **_: enqueued.append(job_id))
     headers = {**auth(key), "Idempotency-Key": "one-key-for-fifty"}
     with live_server(app) as base:
         results = _fire(f"{base}/v1/jobs", headers, _job_body(dataset_id))

@@ -20,7 +20,7 @@ STATUS_REQUESTS, PREDICT_REQUESTS, CONCURRENCY = 100, 20, 4
 
 def test_loadtest_smoke(tmp_path: Path) -> None:
     settings = world_settings(tmp_path / "world")
-    with TestClient(create_app(settings, enqueue=lambda _: None)) as client:
+    with TestClient(create_app(settings, enqueue=lambda _job_id, **_: None)) as client:
         world = build_world(client, settings, rpp=True, queued_job=False, tenant="load")
     requests = {"GET": STATUS_REQUESTS, "POST": PREDICT_REQUESTS}
     with uvicorn_process(settings) as base:

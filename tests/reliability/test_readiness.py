@@ -101,7 +101,7 @@ def test_readyz_names_the_failed_component_and_recovers(
         backbones_file=backbones_file,
         redis_url=redis.url,
     )
-    app = create_app(settings, enqueue=lambda _job_id: None)
+    app = create_app(settings, enqueue=lambda _job_id, **_: None)
     storage_root = Path(app.state.storage.root)
     aside = tmp_path / "storage-aside"
 

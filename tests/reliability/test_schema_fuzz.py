@@ -47,7 +47,7 @@ def test_schemathesis_every_operation(
     db_url: str, redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = world_settings(tmp_path / "world", database_url=db_url, redis_url=redis_server.url)
-    app = create_app(settings, enqueue=lambda _: None)
+    app = create_app(settings, enqueue=lambda _job_id, **_: None)
     openapi = app.openapi()
     documented = {f"{method.upper()} {path}" for path, item in openapi["paths"].items() for method in item}
     with live_server(app) as base, httpx.Client(base_url=base, timeout=60) as client:

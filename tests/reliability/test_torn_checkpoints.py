@@ -110,7 +110,9 @@ class Stored:
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stored]:
     settings = world_settings(tmp_path_factory.mktemp("torn"))
-    with TestClient(create_app(settings, enqueue=lambda _: None), raise_server_exceptions=False) as client:
+    with TestClient(
+        create_app(settings, enqueue=lambda _job_id, **_: None), raise_server_exceptions=False
+    ) as client:
         world = build_world(client, settings, queued_job=False)
         yield Stored(world, client)
 

@@ -20,7 +20,7 @@ from app.core.backbones import BackboneRegistry
 from app.core.catalogue import backbone_status
 from app.core.db import repo
 from app.core.db.tables import Job
-from app.core.job_plan import JobConfigError, build_plan
+from app.core.job_plan import JobConfigError, build_plan, job_world_size
 from app.core.settings import Settings
 from app.core.status import TERMINAL_STATUSES, JobStatus
 from app.schemas import (
@@ -93,7 +93,7 @@ def create_job(
     if not created:
         response.status_code = 200
         return JobPublic.from_row(job)
-    _enqueue(request, job.id)
+    _enqueue(request, job.id, world_size=job_world_size(job.config))
     return JobPublic.from_row(job)
 
 
@@ -172,9 +172,9 @@ def _has_model(session: Session, tenant_id: str, model_id: str, method: str) -> 
     return row is not None and row.method == method
 
 
-def _enqueue(request: Request, job_id: str) -> None:
+def _enqueue(request: Request, job_id: str, *, world_size: int) -> None:
     try:
-        request.app.state.enqueue(job_id)
+        request.app.state.enqueue(job_id, world_size=world_size)
     except Exception:  # noqa: BLE001 - the job stays queued; the worker's reaper re-enqueues it
         log.warning("could not enqueue job %s; it stays queued for the reaper", job_id, exc_info=True)
 

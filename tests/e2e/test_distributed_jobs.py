@@ -1,0 +1,158 @@
+"""Data-parallel jobs through the real API, Redis, Celery and ``torch.distributed.run`` (gloo on CPU).
+
+- a worker with ``PROMPTUNE_WORKER_DEVICES=2`` takes a ``world_size: 2`` job from its queue, launches two
+  ranks, and the model equals the one-process run of the same job (same seed, same global batch);
+- one rank SIGKILLed mid-training: the attempt ends, the job resumes from its stored state and succeeds;
+- two "nodes": two torchrun agents rendezvousing on 127.0.0.1 run ``promptune train --job-id`` for a
+  job no worker can host (nothing of ours in the rendezvous or the all-reduce).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from safetensors.torch import load
+
+from devstack.sample_data import digit_images
+from devstack.stack import Proc, free_port, stop_all
+from tests.e2e.conftest import Stack, checkpoint_sha256, upload_digits, wait_job
+
+pytestmark = pytest.mark.services
+
+# The worker-loss test's recipe (enough steps for a kill to land mid-training), with a global batch
+# that splits unevenly over two ranks at the epoch's end (60 images, batches of 8: the last has 4).
+CONFIG = {"epochs": 24, "batch_size": 8, "lr": 0.05, "mode": "deep", "num_prompts": 4, "init": "kmeans"}
+
+
+def _body(dataset_id: str, *, seed: int = 3, **config: Any) -> dict[str, Any]:
+    return {
+        "method": "spt",
+        "backbone": "demo-vit",
+        "dataset_id": dataset_id,
+        "config": {**CONFIG, **config},
+        "seed": seed,
+    }
+
+
+def _tensors(client: httpx.Client, model_id: str) -> dict[str, Any]:
+    return dict(load(checkpoint_sha256(client, model_id)[1]))
+
+
+def _assert_close(got: dict[str, Any], want: dict[str, Any]) -> None:
+    assert got.keys() == want.keys()
+    for name, tensor in want.items():
+        scale = tensor.abs().max().clamp_min(1e-6)
+        assert (got[name] - tensor).abs().max() <= 1e-4 * scale, name
+
+
+def _rank_pids(job_id: str) -> dict[int, int]:
+    """rank -> pid of the processes running this job's ranks (read from /proc)."""
+    ranks = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if b"worker.rank_main" not in argv or job_id.encode() not in argv:
+                continue
+            env = dict(
+                item.split(b"=", 1) for item in (entry / "environ").read_bytes().split(b"\0") if b"=" in item
+            )
+        except OSError:
+            continue
+        if b"RANK" in env:
+            ranks[int(env[b"RANK"])] = int(entry.name)
+    return ranks
+
+
+@pytest.fixture
+def two_device_worker(stack: Stack) -> Any:
+    proc = Proc(
+        "worker-2dev",
+        _celery_argv(),
+        stack.log_dir / "worker-2dev.log",
+        {**stack.env, "PROMPTUNE_WORKER_DEVICES": "2"},
+    )
+    yield proc
+    stop_all([proc], timeout=60)
+
+
+def _celery_argv() -> list[str]:
+    # Only the two-rank queue: one-rank jobs of other tests stay with the session's workers.
+    argv = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "jobs.w2"]
+    return [*argv, "--concurrency=1", "--loglevel=INFO", "--hostname=two-dev@%h", "--without-mingle"]
+
+
+def test_two_rank_job_matches_one_process_and_survives_a_killed_rank(
+    stack: Stack, tmp_path: Path, two_device_worker: Proc
+) -> None:
+    with stack.client() as client:
+        dataset = upload_digits(client, tmp_path, per_class=6)
+        two = client.post("/v1/jobs", json=_body(dataset["id"], world_size=2)).json()
+        job = wait_job(client, two["id"], timeout=300)
+        assert job["status"] == "succeeded", (job, two_device_worker.tail())
+        assert job["attempts"] == 1
+
+        one_worker = stack.start_worker("one-rank")
+        one = wait_job(client, client.post("/v1/jobs", json=_body(dataset["id"])).json()["id"], timeout=300)
+        assert one["status"] == "succeeded", (one, one_worker.tail())
+        _assert_close(_tensors(client, job["model_id"]), _tensors(client, one["model_id"]))
+        assert job["metrics"]["val_acc"] == pytest.approx(one["metrics"]["val_acc"], abs=1e-6)
+
+        # Kill rank 1 mid-training (no shutdown at all): the attempt ends, the job resumes and succeeds.
+        victim = client.post("/v1/jobs", json=_body(dataset["id"], world_size=2, seed=4)).json()
+        wait_job(
+            client,
+            victim["id"],
+            timeout=180,
+            until=lambda j: j["phase"] == "training" and j["progress"] >= 0.3,
+        )
+        ranks = _rank_pids(victim["id"])
+        assert sorted(ranks) == [0, 1], ranks
+        os.kill(ranks[1], signal.SIGKILL)
+        resumed = wait_job(client, victim["id"], timeout=300)
+        assert resumed["status"] == "succeeded", (resumed, two_device_worker.tail(60))
+        assert resumed["attempts"] == 2
+        messages = [e["message"] for e in client.get(f"/v1/jobs/{victim['id']}/events").json()["data"]]
+        assert "resuming from the last saved state" in messages
+
+
+def test_two_nodes_rendezvous_on_loopback_through_promptune_train(stack: Stack, tmp_path: Path) -> None:
+    with stack.client() as client:
+        dataset = upload_digits(client, tmp_path, per_class=6)
+        job = client.post("/v1/jobs", json=_body(dataset["id"], world_size=2, epochs=6)).json()
+        time.sleep(1.0)
+        assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "queued"  # no worker hosts 2 ranks
+        port = free_port()
+        agents = [_node(stack, job["id"], node, port) for node in range(2)]
+        try:
+            for agent in agents:
+                agent.popen.wait(300)
+            assert [a.popen.returncode for a in agents] == [0, 0], [a.tail() for a in agents]
+        finally:
+            stop_all(agents)
+        done = wait_job(client, job["id"], timeout=30)
+        assert done["status"] == "succeeded" and done["attempts"] == 1, done
+        events = client.get(f"/v1/jobs/{job['id']}/events").json()["data"]
+        assert any(e["data"].get("world_size") == 2 for e in events), [e["message"] for e in events]
+        predicted = client.post(
+            f"/v1/models/{done['model_id']}/predict",
+            files={"images": ("x.png", digit_images(per_class=1)[0].png, "image/png")},
+        )
+        assert predicted.status_code == 200, predicted.text
+
+
+def _node(stack: Stack, job_id: str, node: int, port: int) -> Proc:
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1"]
+    argv += ["--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id={job_id}"]
+    promptune = str(Path(sys.executable).parent / "promptune")  # the installed console script
+    argv += ["--max-restarts=0", "--no-python", promptune, "train", "--job-id", job_id]
+    env = {**stack.env, "PROMPTUNE_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    return Proc(f"node{node}", argv, stack.log_dir / f"node{node}-{job_id[:8]}.log", env)
