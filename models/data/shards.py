@@ -6,8 +6,8 @@ A shard is a tar of ``<key>.<png|jpg|jpeg|webp>`` + ``<key>.cls`` (an integer or
 local disk and nothing is ever extracted: member names are only used as grouping keys.
 
 Epoch order: the shard list is permuted by a generator seeded from ``(seed, epoch)`` (identical on
-every rank); the not-yet-finished shards of that order go round-robin to the ``world_size x
-num_workers`` (rank, worker) slots. Each sample is ``{"image", "label", "index", "last"}`` where
+every rank); the shards of that order go round-robin to the ``world_size x num_workers`` (rank, worker)
+slots, and each slot skips the ones already finished. Each sample is ``{"image", "label", "index", "last"}`` where
 ``index = shard_id * 2**32 + position of the sample's key group in the shard`` (stable across epochs
 and resumes, unique, not dense) and ``last`` marks the final sample of its shard.
 
@@ -159,6 +159,8 @@ class ShardStream(IterableDataset):
         transform: PIL RGB image -> tensor; ``None`` = float in [0, 1].
         seed, epoch: the shard order; call :meth:`set_epoch` between epochs (non-persistent workers).
         rank, world_size: this process's data-parallel slot.
+        num_samples: samples in one pass over all the shards; the Trainer's nominal epoch is
+            ``num_samples // batch_size`` steps (models/engine/sources.py). Needed to train on the stream.
 
     Iterating in the main process records progress, so a second pass in the same epoch yields only
     what the first did not: call :meth:`set_epoch` to start an epoch over.
@@ -175,6 +177,7 @@ class ShardStream(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         max_pixels: int = MAX_PIXELS,
+        num_samples: int | None = None,
     ) -> None:
         if not 0 <= rank < world_size:
             raise DataError(f"rank {rank} outside 0..{world_size - 1}")
@@ -184,6 +187,7 @@ class ShardStream(IterableDataset):
         self.transform = transform
         self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
         self.max_pixels = max_pixels
+        self.num_samples = num_samples
         self.report = DatasetReport()  # per process: workers keep their own copy
         self.groups_reread = 0  # groups passed over on resume (main-process iteration only)
         self._done: set[int] = set()
@@ -202,9 +206,11 @@ class ShardStream(IterableDataset):
 
     def assigned_shards(self, worker_id: int = 0, num_workers: int = 1) -> list[ShardSpec]:
         """The unfinished shards this (rank, worker) reads, in order (round-robin over all slots)."""
-        todo = [s for s in self.epoch_order() if s.shard_id not in self._done]
+        # Round-robin over the whole epoch order, not over what is left: a slot's shards never depend on
+        # what the others finished, so each rank may resume from its own position (Trainer streaming).
         slots, slot = self.world_size * num_workers, worker_id * self.world_size + self.rank
-        return [s for i, s in enumerate(todo) if i % slots == slot]
+        order = self.epoch_order()
+        return [s for i, s in enumerate(order) if i % slots == slot and s.shard_id not in self._done]
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker = get_worker_info()

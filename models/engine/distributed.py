@@ -124,6 +124,14 @@ class DataParallel:
         total_hits = None if all(h is None for h in reported) else sum(h or 0 for h in reported)
         return sum(g[0] for g in gathered), total_logs, total_hits, sum(g[3] for g in gathered)
 
+    def gather_objects(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (small JSON-like objects the engine itself made), in rank order."""
+        if not self.active:
+            return [value]
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
     def agree(self, poll: Callable[[], bool] | None) -> bool:
         """Rank 0's answer to ``poll`` (other ranks never call theirs), the same on every rank."""
         if not self.active:

@@ -64,6 +64,7 @@ class ResumeState:
     steps_per_epoch: int = 0
     total_steps: int = 0
     grad_scaler: dict[str, Any] | None = None  # fp16 loss scaler's state (absent from older states)
+    data_state: dict[str, Any] | None = None  # streamed data: every rank's stream position (sources.py)
 
 
 # ---- optimizer state <-> flat tensors + JSON -------------------------------------------------
@@ -158,6 +159,7 @@ def write_state(work_dir: str | Path, state: ResumeState) -> Path:
         "epoch_accum": state.epoch_accum,
         "optim_layout": state.optim_layout,
         "grad_scaler": state.grad_scaler,
+        "data_state": state.data_state,
     }
     current = work / STATE_JSON
     if current.exists():
@@ -218,6 +220,7 @@ def _load_one(work: Path, json_name: str) -> ResumeState:
         steps_per_epoch=int(doc.get("steps_per_epoch", 0)),
         total_steps=int(doc.get("total_steps", 0)),
         grad_scaler=doc.get("grad_scaler"),
+        data_state=doc.get("data_state"),
     )
 
 

@@ -31,17 +31,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import IterableDataset
 
 from ..base import PromptMethod
 from ..errors import ConfigError, DataError, PromptuneError, TrainingCancelled, TrainingPaused
 from .config import TrainConfig, fingerprint
 from .distributed import DataParallel
 from .optim import build_optimizer
-from .passes import EvalPass, TrainTop1, evaluation_pass, method_device, seeded_loader
+from .passes import EvalPass, TrainTop1, evaluation_pass, method_device
 from .results import TrainResult, epoch_train_metrics, improves_on_best, train_result
 from .schedule import lr_at, set_lr
 from .seeding import derive_seed, seed_cpu_rngs
+from .sources import is_stream, make_source
 from .state import ResumeState, clear_state, flatten_optimizer, read_state, restore_optimizer, write_state
 
 log = logging.getLogger(__name__)
@@ -90,32 +91,44 @@ class Trainer:
     ) -> None:
         self.method = method
         self.config = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
-        self.train_data = self._check_data("train_data", train_data)
+        self.train_data = self._check_data("train_data", train_data, stream_ok=True)
         self.val_data = None if val_data is None else self._check_data("val_data", val_data)
         self.work_dir = Path(work_dir) if work_dir is not None else None
         self.callbacks = tuple(callbacks)
         self.should_stop, self.should_pause = should_stop, should_pause
-        n, bs = len(self.train_data), self.config.batch_size
-        self.steps_per_epoch = n // bs if self.config.drop_last else math.ceil(n / bs)
-        if self.steps_per_epoch < 1:
-            raise DataError(f"train_data has {n} items: fewer than one batch of {bs} with drop_last")
-        self.total_steps = self.steps_per_epoch * self.config.epochs
         # This process's share of a torch.distributed group (inert without one): see distributed.py.
         self._dp = DataParallel()
+        # Indexed or streamed training batches (sources.py): the epoch's length and this rank's batches.
+        self._source = make_source(
+            self.train_data,
+            batch_size=self.config.batch_size,
+            drop_last=self.config.drop_last,
+            seed=self.config.seed,
+            num_workers=self.config.num_workers,
+            dp=self._dp,
+            device=self._device(),
+        )
+        self.steps_per_epoch = self._source.steps_per_epoch
+        if self.steps_per_epoch < 1:
+            n, bs = self._source.num_samples, self.config.batch_size
+            raise DataError(f"train_data has {n} items: fewer than one batch of {bs} with drop_last")
+        self.total_steps = self.steps_per_epoch * self.config.epochs
         # Refuses a precision the device cannot autocast in now, not at the first step; fit() starts
         # a fresh one so an fp16 loss scale never leaks from one fit into the next.
         self._precision = self._dp.precision(self.config.precision, self._device())
 
-    def _check_data(self, name: str, data: Any) -> Any:
-        if (
+    def _check_data(self, name: str, data: Any, *, stream_ok: bool = False) -> Any:
+        if stream_ok and is_stream(data):
+            if not isinstance(data.num_samples, int) or data.num_samples < 1:
+                raise DataError(f"{name}: a streamed dataset needs num_samples (samples per epoch) >= 1")
+        elif (
             isinstance(data, IterableDataset)
             or not hasattr(data, "__getitem__")
             or not hasattr(data, "__len__")
         ):
-            raise DataError(
-                f"{name} must be a map-style dataset (len + indexing); stream shards into one first"
-            )
-        if len(data) < 1:
+            what = "a map-style dataset (len + indexing)" + (" or a shard stream" if stream_ok else "")
+            raise DataError(f"{name} must be {what}")
+        elif len(data) < 1:
             raise DataError(f"{name} is empty")
         names = getattr(data, "class_names", None)
         if names is not None and list(names) != list(self.method.class_names):
@@ -135,27 +148,11 @@ class Trainer:
             "method": self.method.method_name,
             "method_config": self.method.config.to_dict(),
             "class_names": list(self.method.class_names),
-            "num_train": len(self.train_data),
+            "num_train": self._source.num_samples,
             "num_val": None if self.val_data is None else len(self.val_data),
         }
 
     # ---- data -----------------------------------------------------------------------------
-    def _epoch_batches(self, epoch: int) -> list[list[int]]:
-        gen = torch.Generator().manual_seed(derive_seed(self.config.seed, "epoch", epoch))
-        order = torch.randperm(len(self.train_data), generator=gen).tolist()
-        bs = self.config.batch_size
-        return [order[i * bs : (i + 1) * bs] for i in range(self.steps_per_epoch)]
-
-    def _loader(self, data: Any, tag: object, batches: list[list[int]]) -> DataLoader:
-        return seeded_loader(
-            data,
-            seed=self.config.seed,
-            tag=tag,
-            batches=batches,
-            num_workers=self.config.num_workers,
-            device=self._device(),
-        )
-
     @staticmethod
     def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
         return {
@@ -245,6 +242,7 @@ class Trainer:
         state = self._load_state(fp, payload) if (self.work_dir is not None and resume) else None
         # Also a barrier: no rank reads work_dir after rank 0 starts clearing it in _start_fresh.
         self._dp.check_same("the resume step in work_dir", None if state is None else state.step)
+        self._source.load_state(None if state is None else state.data_state)
         if state is not None:
             self.method.load_learned_state_dict(state.learned)
             restore_optimizer(optimizer, state.optim_tensors, state.optim_layout)
@@ -252,7 +250,10 @@ class Trainer:
             log.info("resuming at step %d (epoch %d, batch %d)", state.step, state.epoch + 1, state.pos)
         else:
             state = self._start_fresh(fp, payload, optimizer)
-        return self._run(state, optimizer)
+        try:
+            return self._run(state, optimizer)
+        finally:
+            self._source.close()
 
     def _start_fresh(self, fp: str, payload: dict[str, Any], optimizer: torch.optim.Optimizer) -> ResumeState:
         """Clear any old state, run the method's data-dependent ``prepare`` and save step 0."""
@@ -261,7 +262,7 @@ class Trainer:
             clear_state(self.work_dir)
         seed_cpu_rngs(derive_seed(seed, "prepare"))
         torch.manual_seed(derive_seed(seed, "prepare"))  # CPU and every CUDA device
-        self._dp.prepare(self.method, self.train_data, seed=seed)  # rank 0 computes, every rank gets it
+        self._dp.prepare(self.method, self._source.prepare_data(), seed=seed)  # rank 0 computes, all get it
         state = ResumeState(
             step=0,
             epoch=0,
@@ -294,7 +295,10 @@ class Trainer:
         )
 
     def _save(self, state: ResumeState, optimizer: torch.optim.Optimizer) -> None:
-        if self.work_dir is None or not self._dp.is_main:  # every rank holds the same state: one writer
+        if self.work_dir is None:
+            return
+        state.data_state = self._source.state()  # every rank's stream position (a collective when streamed)
+        if not self._dp.is_main:  # every rank holds the same state: one writer
             return
         state.learned = self.method.learned_state_dict()
         state.optim_tensors, state.optim_layout = flatten_optimizer(optimizer)
@@ -329,27 +333,26 @@ class Trainer:
     ) -> int:
         """The rest of ``state.epoch`` (until max_steps); returns the step of the newest saved state."""
         cfg = self.config
-        batches = self._epoch_batches(state.epoch)[state.pos :]
         state.epoch_accum = state.epoch_accum or {"loss_sum": 0.0, "count": 0, "logs": {}, "lr": None}
         # A resume state written before train accuracy was counted lacks these: count from here on.
         state.epoch_accum.setdefault("hits", 0)
         state.epoch_accum.setdefault("seen", 0)
-        local = [self._dp.shard(b) for b in batches]  # this rank's slices (the batches themselves alone)
-        loader_iter = iter(self._loader(self.train_data, state.epoch, [b for b in local if b]))
+        batches = self._source.batches(state.epoch, state.pos)
         try:
-            for global_batch, mine in zip(batches, local, strict=True):
+            for global_size, fetch in batches:
                 if cfg.max_steps is not None and state.step >= cfg.max_steps:
                     break
                 self._poll_stop()
                 self._poll_pause(state, optimizer, last_saved)
-                batch = self._to_device(next(loader_iter), device) if mine else None
-                self._record_step(state, self._step(optimizer, batch, state.step, len(global_batch)))
+                mine = fetch()  # drawn only now: a paused run never counts a batch it did not train on
+                batch = self._to_device(mine, device) if mine is not None else None
+                self._record_step(state, self._step(optimizer, batch, state.step, global_size))
                 every = cfg.checkpoint_every_steps
                 if every and state.step % every == 0 and state.pos < self.steps_per_epoch:
                     self._save(state, optimizer)
                     last_saved = state.step
         finally:
-            del loader_iter  # shuts DataLoader workers down, also on cancellation
+            batches.close()  # type: ignore[attr-defined]  # shuts DataLoader workers down, also on cancellation
         return last_saved
 
     def _poll_pause(self, state: ResumeState, optimizer: torch.optim.Optimizer, last_saved: int) -> None:

@@ -123,6 +123,17 @@ def test_two_rank_job_matches_one_process_and_survives_a_killed_rank(
         messages = [e["message"] for e in client.get(f"/v1/jobs/{victim['id']}/events").json()["data"]]
         assert "resuming from the last saved state" in messages
 
+        # A cancel reaches every rank: the job ends cancelled and no rank process is left.
+        doomed = client.post("/v1/jobs", json=_body(dataset["id"], world_size=2, seed=5)).json()
+        wait_job(client, doomed["id"], timeout=180, until=lambda j: j["phase"] == "training")
+        assert client.post(f"/v1/jobs/{doomed['id']}/cancel").status_code == 200
+        cancelled = wait_job(client, doomed["id"], timeout=120)
+        assert cancelled["status"] == "cancelled" and cancelled["error"]["code"] == "cancelled_by_user"
+        deadline = time.monotonic() + 30
+        while _rank_pids(doomed["id"]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _rank_pids(doomed["id"])
+
 
 def test_two_nodes_rendezvous_on_loopback_through_promptune_train(stack: Stack, tmp_path: Path) -> None:
     with stack.client() as client:
