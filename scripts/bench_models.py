@@ -3,6 +3,7 @@
     python scripts/bench_models.py all            # everything below, ViT-B/16 size
     python scripts/bench_models.py qkv            # RPP qkv vs shared prompt step time (open_clip ViT-B-16)
     python scripts/bench_models.py step           # SPT prompt-tuning step vs one no-grad forward (timm ViT-B/16)
+    python scripts/bench_models.py step-variants  # the same ratio in bf16 and under torch.compile
     python scripts/bench_models.py init           # SPT init time vs one no-grad forward over the same images
     python scripts/bench_models.py init-memory    # SPT init peak RSS at 1k vs 10k images (one subprocess each)
 
@@ -225,7 +226,59 @@ def bench_init_memory(args: argparse.Namespace) -> dict[str, Any]:
     return {"model": "vit_small_patch16_224 @64px patch 8 (64 tokens, width 384, 12 blocks)", **out}
 
 
-BENCHES = {"qkv": bench_qkv, "step": bench_step, "init": bench_init, "init-memory": bench_init_memory}
+def bench_step_variants(args: argparse.Namespace) -> dict[str, Any]:
+    """The step/forward ratio under what could lower it: bf16 autocast (step and forward both in bf16),
+    and torch.compile (inductor) of the step's loss and of the inference forward."""
+    backbone = load_backbone(BackboneSpec(family="timm", arch="vit_base_patch16_224", weights="random"))
+    images = torch.rand(args.batch, 3, 224, 224)
+    batch = {"image": images, "label": torch.arange(args.batch) % 10, "index": torch.arange(args.batch)}
+    config = {"mode": "deep", "num_prompts": args.prompts, "init": "xavier"}
+    method = build_method("spt", backbone, config, [f"c{i}" for i in range(10)])
+    method.train()
+    opt = torch.optim.AdamW(list(method.learned_parameters().values()), lr=1e-3)
+    loss_fn = method.training_loss
+    compiled_loss = torch.compile(method.training_loss)
+    compiled_forward = torch.compile(backbone.model)
+
+    def step(fn: Callable[..., Any] = loss_fn, dtype: torch.dtype | None = None) -> None:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss, _ = fn(batch, torch.Generator().manual_seed(0))
+        loss.float().backward()
+        opt.step()
+
+    def forward(fn: Callable[..., Any] = backbone.model, dtype: torch.dtype | None = None) -> None:
+        with (
+            torch.inference_mode(),
+            torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None),
+        ):
+            fn(images)
+
+    start = time.perf_counter()
+    step(compiled_loss)
+    forward(compiled_forward)
+    compile_s = time.perf_counter() - start
+    runs = {
+        "fp32_forward_s": forward, "fp32_step_s": step,
+        "bf16_forward_s": partial(forward, dtype=torch.bfloat16), "bf16_step_s": partial(step, dtype=torch.bfloat16),
+        "compiled_forward_s": partial(forward, compiled_forward), "compiled_step_s": partial(step, compiled_loss),
+    }  # fmt: skip
+    times = interleaved_medians(runs, args.repeats)
+    result: dict[str, Any] = {"batch": args.batch, "prompts_per_layer": args.prompts, **times}
+    result["first_compiled_calls_s"] = compile_s
+    for name in ("fp32", "bf16", "compiled"):
+        result[f"{name}_step_over_{name}_forward"] = times[f"{name}_step_s"] / times[f"{name}_forward_s"]
+    result["compiled_step_over_fp32_forward"] = times["compiled_step_s"] / times["fp32_forward_s"]
+    return result
+
+
+BENCHES = {
+    "qkv": bench_qkv,
+    "step": bench_step,
+    "step-variants": bench_step_variants,
+    "init": bench_init,
+    "init-memory": bench_init_memory,
+}
 
 
 def main() -> None:

@@ -40,6 +40,6 @@ class JobSpec:
     @property
     def world_size(self) -> int:
         """The data-parallel ranks its config asks for (1 unless ``world_size`` says more)."""
-        from app.core.job_plan import job_world_size
+        from app.core.job_fields import job_world_size
 
         return job_world_size(self.config)

@@ -370,21 +370,11 @@ class JobStore:
             job = s.get(Job, job_id)
             if job is None:
                 return None
-            return JobSpec(
-                job.id,
-                job.tenant_id,
-                job.method,
-                job.backbone,
-                job.dataset_id,
-                dict(job.config or {}),
-                int(job.seed or 0),
-                job.attempts,
-                job.max_attempts,
-            )
+            return JobSpec(job.id, job.tenant_id, job.method, job.backbone, job.dataset_id,
+                           dict(job.config or {}), int(job.seed or 0), job.attempts, job.max_attempts)  # fmt: skip
 
     def held_lease(self, job_id: str, owner: str) -> tuple[str, Lease | None]:
-        """The job's status, and its lease when ``owner`` still holds it (running): what a launcher reads
-        after its ranks exit, to end an attempt they left open."""
+        """The job's status, and its lease if ``owner`` holds it: a launcher's view after its ranks exit."""
         with self._tx() as s:
             job = s.get(Job, job_id)
             if job is None:

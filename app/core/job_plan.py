@@ -20,39 +20,18 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from app.core.errors import ServiceError
+from app.core.job_fields import (
+    JOB_FIELDS,
+    JobConfigError,
+    data_fields,
+    invalid_field,
+    world_size_field,
+)
 from models import BackboneSpec, ConfigError, MethodEntry, TrainConfig, config_schema, get_method
 
 JOB_SET_TRAIN_FIELDS = frozenset({"seed"})  # a job-level field, not part of config
 INIT_FROM = "init_from"
 BACKBONE_FAMILY = "backbone_family"  # field metadata: the value names a registered backbone
-# The service's own fields: how the dataset is used and how the job runs.
-JOB_FIELDS: dict[str, dict[str, Any]] = {
-    "val_fraction": {
-        "type": "number",
-        "minimum": 0,
-        "exclusiveMaximum": 1,
-        "default": 0.1,
-        "description": "share of the training images held out for validation when the dataset has no val split",
-    },
-    "shots": {
-        "type": ["integer", "null"],
-        "minimum": 1,
-        "default": None,
-        "description": "train on at most this many images per class (k-shot); null = all",
-    },
-    "world_size": {
-        "type": "integer",
-        "minimum": 1,
-        "maximum": 1024,
-        "default": 1,
-        "description": "data-parallel processes (GPUs; gloo CPU processes on a machine without GPUs). "
-        "batch_size stays the global batch, split across them; the job goes only to a worker whose "
-        "PROMPTUNE_WORKER_DEVICES is at least this, or to `promptune train --job-id` under a launcher "
-        "(docs/distributed.md)",
-    },
-}
-
 
 LR_AUTO = "auto"
 # The "auto" grid: the method's default lr times these factors (a half-decade either side), so a search
@@ -64,10 +43,6 @@ LR_AUTO_FACTORS = (1 / 3, 1.0, 3.0)
 LR_TRIAL_FRACTION = 0.2
 LR_TRIAL_MAX_EPOCHS = 5
 X_DEFAULTS_BY_KIND = "x-defaults-by-backbone-kind"
-
-
-class JobConfigError(ServiceError):
-    """A job request that cannot run: ``invalid_config``, ``unknown_backbone``, ``invalid_backbone``, ..."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,10 +59,6 @@ class JobPlan:
     lr_grid: tuple[float, ...] | None = None
     lr_trial_epochs: int | None = None
     world_size: int = 1  # data-parallel ranks (routing: app.core.queue.job_queue)
-
-
-def _invalid(field: str, message: str) -> JobConfigError:
-    return JobConfigError("invalid_config", f"config.{field}: {message}", f"config.{field}")
 
 
 def train_fields() -> frozenset[str]:
@@ -198,34 +169,6 @@ def resolve_backbone(
     return spec
 
 
-def job_world_size(config: Mapping[str, Any]) -> int:
-    """The ranks a stored (already validated) job config asks for: its routing key."""
-    value = config.get("world_size", 1)
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 1
-
-
-def _world_size(config: Mapping[str, Any]) -> int:
-    value = config.get("world_size", 1)
-    limit = JOB_FIELDS["world_size"]["maximum"]
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
-        raise _invalid("world_size", f"must be an integer in [1, {limit}]")
-    return value
-
-
-def _data_fields(config: Mapping[str, Any]) -> tuple[float, int | None]:
-    val_fraction = config.get("val_fraction", JOB_FIELDS["val_fraction"]["default"])
-    if (
-        isinstance(val_fraction, bool)
-        or not isinstance(val_fraction, int | float)
-        or not 0 <= val_fraction < 1
-    ):
-        raise _invalid("val_fraction", "must be a number in [0, 1)")
-    shots = config.get("shots")
-    if shots is not None and (isinstance(shots, bool) or not isinstance(shots, int) or shots < 1):
-        raise _invalid("shots", "must be a positive integer or null")
-    return float(val_fraction), shots
-
-
 def _resolve_backbone_refs(
     entry: MethodEntry, values: dict[str, Any], specs: Mapping[str, BackboneSpec]
 ) -> dict[str, Any]:
@@ -239,7 +182,7 @@ def _resolve_backbone_refs(
         if name is None:
             continue
         if not isinstance(name, str):
-            raise _invalid(field, f"must be the name of a registered {family} backbone")
+            raise invalid_field(field, f"must be the name of a registered {family} backbone")
         spec = specs.get(name)
         if spec is None:
             known = ", ".join(sorted(specs)) or "none registered"
@@ -247,7 +190,7 @@ def _resolve_backbone_refs(
                 "unknown_backbone", f"unknown {field} backbone {name!r} (known: {known})", f"config.{field}"
             )
         if spec.family != family:
-            raise _invalid(field, f"{name!r} is not an {family} backbone")
+            raise invalid_field(field, f"{name!r} is not an {family} backbone")
         values[field] = spec.to_dict()
     return values
 
@@ -258,7 +201,7 @@ def _split(entry: MethodEntry, config: Mapping[str, Any]) -> tuple[dict[str, Any
     allowed = recipe | set(JOB_FIELDS) | own
     unknown = sorted(set(config) - allowed)
     if unknown:
-        raise _invalid(
+        raise invalid_field(
             unknown[0], f"unknown field for method {entry.name!r} (allowed: {', '.join(sorted(allowed))})"
         )
     return (
@@ -325,7 +268,7 @@ def _lr_search(train_config: TrainConfig) -> tuple[tuple[float, ...], int]:
             lr_trial_config(train_config, lr, trial_epochs)
         except ConfigError as exc:
             message = exc.message.split(": ", 1)[-1]
-            raise _invalid(exc.field, f'{message} (lr "auto" tries {list(grid)})') from None
+            raise invalid_field(exc.field, f'{message} (lr "auto" tries {list(grid)})') from None
     return grid, trial_epochs
 
 
@@ -341,17 +284,17 @@ def _train_config(
     lr = values.get("lr")
     auto = isinstance(lr, str) and lr == LR_AUTO
     if isinstance(lr, str) and not auto:
-        raise _invalid("lr", f'must be a number or "{LR_AUTO}"')
+        raise invalid_field("lr", f'must be a number or "{LR_AUTO}"')
     merged = _with_defaults({k: v for k, v in values.items() if not (auto and k == "lr")}, defaults)
     epochs = merged.get("epochs")
     if isinstance(epochs, int) and not isinstance(epochs, bool) and epochs > max_epochs:
-        raise _invalid("epochs", f"must be <= {max_epochs} on this server")
+        raise invalid_field("epochs", f"must be <= {max_epochs} on this server")
     try:
         train_config = TrainConfig.from_dict(
             {**merged, "seed": seed, "checkpoint_every_steps": checkpoint_every_steps}
         )
     except ConfigError as exc:
-        raise _invalid(exc.field, exc.message.split(": ", 1)[-1]) from None
+        raise invalid_field(exc.field, exc.message.split(": ", 1)[-1]) from None
     if not auto:
         return train_config, None, None
     return train_config, *_lr_search(train_config)
@@ -364,7 +307,7 @@ def _method_config(entry: MethodEntry, values: dict[str, Any], specs: Mapping[st
     except ConfigError as exc:
         root = exc.field.split(".", 1)[0]
         field = root if root in _backbone_refs(entry) else exc.field
-        raise _invalid(field, exc.message.split(": ", 1)[-1]) from None
+        raise invalid_field(field, exc.message.split(": ", 1)[-1]) from None
 
 
 def build_plan(
@@ -392,7 +335,7 @@ def build_plan(
     if not isinstance(config, Mapping):
         raise JobConfigError("invalid_config", "config must be an object", "config")
     train_values, method_values = _split(entry, config)
-    val_fraction, shots = _data_fields(config)
+    val_fraction, shots = data_fields(config)
     init_from = _check_init_from(entry, method_values.pop(INIT_FROM, None), model_exists)
     train_config, lr_grid, trial_epochs = _train_config(
         train_values,
@@ -404,5 +347,5 @@ def build_plan(
     method_config = _method_config(entry, method_values, specs)
     return JobPlan(
         method, spec, method_config, train_config, val_fraction, shots, init_from, lr_grid, trial_epochs,
-        world_size=_world_size(config),
+        world_size=world_size_field(config),
     )  # fmt: skip

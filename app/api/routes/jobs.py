@@ -20,7 +20,8 @@ from app.core.backbones import BackboneRegistry
 from app.core.catalogue import backbone_status
 from app.core.db import repo
 from app.core.db.tables import Job
-from app.core.job_plan import JobConfigError, build_plan, job_world_size
+from app.core.job_fields import job_world_size
+from app.core.job_plan import JobConfigError, build_plan
 from app.core.settings import Settings
 from app.core.status import TERMINAL_STATUSES, JobStatus
 from app.schemas import (
