@@ -43,7 +43,12 @@ class RankInfo:
         import torch
 
         if torch.cuda.is_available():
-            return torch.device("cuda", self.local_rank % torch.cuda.device_count())
+            if self.local_rank >= torch.cuda.device_count():  # NCCL cannot share one GPU between ranks
+                raise RuntimeError(
+                    f"local rank {self.local_rank} needs GPU {self.local_rank}, but this host has "
+                    f"{torch.cuda.device_count()}: lower PROMPTUNE_WORKER_DEVICES or the launcher's ranks per node"
+                )
+            return torch.device("cuda", self.local_rank)
         return torch.device("cpu")
 
     def describe(self) -> str:
