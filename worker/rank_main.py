@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from app.core.settings import Settings, get_settings
@@ -60,7 +61,16 @@ def run_from_args(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     outcome = train(args.job_id, owner=args.owner)
     print(json.dumps(outcome.as_dict()), flush=True)
-    return 1 if outcome.outcome == RANK_FAILED else 0
+    code = 1 if outcome.outcome == RANK_FAILED else 0
+    if rank_from_env() is not None:
+        # Everything this rank wrote is committed (database transactions, storage writes). Leave without
+        # the interpreter's teardown: a distributed worker process can abort there ("terminate called
+        # without an active exception", a C++ thread of the launcher's store or gloo still joinable),
+        # and the launcher would report the rank failed and keep its peers' agents in the exit barrier.
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
   ranks, and the model equals the one-process run of the same job (same seed, same global batch);
 - one rank SIGKILLed mid-training: the attempt ends, the job resumes from its stored state and succeeds;
 - two "nodes": two torchrun agents rendezvousing on 127.0.0.1 run ``promptune train --job-id`` for a
-  job no worker can host (nothing of ours in the rendezvous or the all-reduce).
+  job no worker can host (nothing of ours in the rendezvous or the all-reduce), with ``lr: "auto"``.
 """
 
 from __future__ import annotations
@@ -138,7 +138,8 @@ def test_two_rank_job_matches_one_process_and_survives_a_killed_rank(
 def test_two_nodes_rendezvous_on_loopback_through_promptune_train(stack: Stack, tmp_path: Path) -> None:
     with stack.client() as client:
         dataset = upload_digits(client, tmp_path, per_class=6)
-        job = client.post("/v1/jobs", json=_body(dataset["id"], world_size=2, epochs=6)).json()
+        # lr "auto" too: the search's trials run data-parallel on both ranks, rank 0 reports them.
+        job = client.post("/v1/jobs", json=_body(dataset["id"], world_size=2, epochs=6, lr="auto")).json()
         time.sleep(1.0)
         assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "queued"  # no worker hosts 2 ranks
         port = free_port()
@@ -153,6 +154,10 @@ def test_two_nodes_rendezvous_on_loopback_through_promptune_train(stack: Stack, 
         assert done["status"] == "succeeded" and done["attempts"] == 1, done
         events = client.get(f"/v1/jobs/{job['id']}/events").json()["data"]
         assert any(e["data"].get("world_size") == 2 for e in events), [e["message"] for e in events]
+        chosen = [
+            e["data"]["lr_search"] for e in events if (e["data"] or {}).get("lr_search", {}).get("chosen")
+        ]
+        assert len(chosen) == 1 and chosen[0]["chosen"] == done["metrics"]["lr"], chosen
         predicted = client.post(
             f"/v1/models/{done['model_id']}/predict",
             files={"images": ("x.png", digit_images(per_class=1)[0].png, "image/png")},
