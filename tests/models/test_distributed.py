@@ -192,6 +192,23 @@ def test_cancel_on_rank_0_stops_every_rank_at_the_same_step(tmp_path: Path) -> N
     assert (tmp_path / "work" / "state.json").exists()
 
 
+def test_a_state_written_by_two_ranks_resumes_on_one_process(tmp_path: Path) -> None:
+    """A job resumed on another world size: two ranks stop after step 3 (state at step 2), one process
+    continues from that state and ends where an uninterrupted one-process run ends."""
+    (info0, _), _ = _run_two(tmp_path, method="spt", n=16, batch_size=8, stop_at=3)
+    assert info0["cancelled"] and (tmp_path / "work" / "state.json").exists()
+    method = FACTORIES["spt"]()
+    train, val = _data(16)
+    calls, original = [], method.training_loss
+    method.training_loss = lambda batch, gen: calls.append(1) or original(batch, gen)  # type: ignore[method-assign]
+    resumed = Trainer(method, _config(8), train, val, work_dir=tmp_path / "work").fit()
+    reference, result = _run_one("spt", 16, 8)
+    assert resumed.steps == result.steps == 4 and len(calls) == 2  # steps 2 and 3 only: it resumed
+    learned = method.learned_state_dict()
+    for name, ref in reference.items():
+        assert _max_rel(learned[name], ref) <= 1e-4, name
+
+
 def test_shard_is_contiguous_and_balanced() -> None:
     dp = DataParallel()
     assert not dp.active and dp.shard([5, 6, 7]) == [5, 6, 7]
