@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.core.db.tables import new_id
 from app.core.settings import Settings, get_settings
+from app.core.shard_sets import load_shard_sets
 from app.core.status import JobStatus
 from app.core.storage import Storage, delete_model_files, make_storage, model_key
 from worker import shutdown
@@ -140,6 +141,8 @@ class JobRun:
             backbone.transform,
             val_fraction=plan.val_fraction,
             shots=plan.shots,
+            shard_sets=load_shard_sets(self.settings),
+            rank=self.rank,
         )
         method = self._build_method(plan, backbone, data)
         # preparing + training (resumed from the stored state when there is one; lr "auto" searched first)

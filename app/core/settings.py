@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     # Extra prompt-learning methods: comma-separated importable modules that call models.register_method
     # (installed packages can use the entry point group "promptune.methods" instead).
     method_modules: str = ""
+    # Operator-registered WebDataset shard sets tenants may stream-train on (app/core/shard_sets.py).
+    shard_sets_file: Path | None = None
     default_backbone: str | None = None
 
     # Limits (OWASP API4): uploads, archives, images, inference batches.

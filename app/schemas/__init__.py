@@ -13,7 +13,7 @@ from app.schemas.classifiers import (
     ClassifierPublic,
 )
 from app.schemas.common import MAX_SQL_INTEGER, ErrorDetail, ErrorResponse, Page, PublicModel, Timestamp
-from app.schemas.datasets import DatasetPublic, DatasetReport, SkippedFile, TrimmedFile
+from app.schemas.datasets import DatasetPublic, DatasetReport, ShardDatasetCreate, SkippedFile, TrimmedFile
 from app.schemas.health import CheckResult, ReadyResponse
 from app.schemas.jobs import JobCreate, JobError, JobEventPublic, JobPublic
 from app.schemas.models import Prediction, PredictionResponse, TopK, TunedModelPublic
@@ -29,6 +29,7 @@ __all__ = [
     "ClassifierPublic",
     "DatasetPublic",
     "DatasetReport",
+    "ShardDatasetCreate",
     "ErrorDetail",
     "ErrorResponse",
     "JobCreate",

@@ -22,6 +22,19 @@ class TrimmedFile(BaseModel):
 class DatasetReport(BaseModel):
     skipped: list[SkippedFile] = Field(default_factory=list)
     trimmed: list[TrimmedFile] = Field(default_factory=list)  # empty in reports stored before it existed
+    shard_set: str | None = Field(
+        default=None,
+        description="the operator-registered shard set this dataset streams from (nothing was uploaded)",
+    )
+
+
+class ShardDatasetCreate(BaseModel):
+    """A dataset that streams an operator-registered WebDataset shard set (docs/distributed.md)."""
+
+    shard_set: str = Field(min_length=1, max_length=200, description="the registered set's name")
+    name: str | None = Field(
+        default=None, min_length=1, max_length=200, description="default: the set's name"
+    )
 
 
 class DatasetPublic(PublicModel):

@@ -50,7 +50,7 @@ def test_image_folder_with_splits(client: TestClient, headers_a: dict[str, str],
     assert body["name"] == "colours" and body["status"] == "ready"
     assert body["num_images"] == 10 and body["num_classes"] == 2 and body["classes"] == ["blue", "red"]
     assert body["splits"] == {"train": 5, "val": 5}
-    assert body["report"] == {"skipped": [], "trimmed": []}
+    assert body["report"] == {"skipped": [], "trimmed": [], "shard_set": None}
     assert "storage_key" not in body and "tenant_id" not in body
     manifests = storage_datasets(settings)
     assert len(manifests) == 1

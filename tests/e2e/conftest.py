@@ -69,6 +69,7 @@ def running_stack(
     db_url = f"sqlite:///{data_dir / 'promptune.db'}"
     upgrade(db_url)
     registry = merge_registries(data_dir / "backbones.json", ensure_demo_backbones(data_dir / "zoo"))
+    (data_dir / "shard_sets.json").write_text("{}")  # tests register sets by rewriting it (read per use)
     env = {
         **os.environ,
         "PROMPTUNE_ENVIRONMENT": "test",
@@ -76,6 +77,7 @@ def running_stack(
         "PROMPTUNE_DATABASE_URL": db_url,
         "PROMPTUNE_REDIS_URL": redis_url,
         "PROMPTUNE_BACKBONES_FILE": str(registry),
+        "PROMPTUNE_SHARD_SETS_FILE": str(data_dir / "shard_sets.json"),
         "PROMPTUNE_DEFAULT_BACKBONE": "demo-clip",
         "PROMPTUNE_JOB_LEASE_SECONDS": "6",
         "PROMPTUNE_REAPER_INTERVAL_SECONDS": "1",

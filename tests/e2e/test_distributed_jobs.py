@@ -3,12 +3,15 @@
 - a worker with ``PROMPTUNE_WORKER_DEVICES=2`` takes a ``world_size: 2`` job from its queue, launches two
   ranks, and the model equals the one-process run of the same job (same seed, same global batch);
 - one rank SIGKILLed mid-training: the attempt ends, the job resumes from its stored state and succeeds;
+- a dataset that streams a registered shard set, trained on two ranks with one rank SIGKILLed mid-epoch:
+  the resumed job equals the uninterrupted one (every rank's stream continues where it stopped);
 - two "nodes": two torchrun agents rendezvousing on 127.0.0.1 run ``promptune train --job-id`` for a
   job no worker can host (nothing of ours in the rendezvous or the all-reduce), with ``lr: "auto"``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -172,3 +175,57 @@ def _node(stack: Stack, job_id: str, node: int, port: int) -> Proc:
     argv += ["--max-restarts=0", "--no-python", promptune, "train", "--job-id", job_id]
     env = {**stack.env, "PROMPTUNE_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1"}
     return Proc(f"node{node}", argv, stack.log_dir / f"node{node}-{job_id[:8]}.log", env)
+
+
+def _register_digit_shards(stack: Stack, name: str) -> None:
+    """Write the digits as train/val tar shards under the stack's data folder and register them."""
+    from models.data.shards import write_shards
+
+    folder = stack.data_dir / "shards" / name
+    images = digit_images(per_class=6)
+    classes = sorted({d.label for d in images})
+    for split in ("train", "val"):
+        samples = [(d.png, d.label) for d in images if d.split == split]
+        write_shards(folder, samples, shard_size=7, prefix=split)
+    counts = {split: sum(d.split == split for d in images) for split in ("train", "val")}
+    entry = {"train": str(folder / "train-*.tar"), "num_samples": counts["train"], "classes": classes,
+             "val": str(folder / "val-*.tar"), "val_samples": counts["val"]}  # fmt: skip
+    registry = stack.data_dir / "shard_sets.json"
+    registry.write_text(json.dumps({**json.loads(registry.read_text()), name: entry}))
+
+
+def test_a_streamed_shard_set_on_two_ranks_resumes_a_killed_rank_exactly(
+    stack: Stack, two_device_worker: Proc
+) -> None:
+    _register_digit_shards(stack, "digit-shards")
+    with stack.client() as client:
+        missing = client.post("/v1/datasets/shards", json={"shard_set": "nope"})
+        assert missing.status_code == 404 and "digit-shards" in missing.json()["error"]["message"]
+        created = client.post("/v1/datasets/shards", json={"shard_set": "digit-shards"})
+        assert created.status_code == 201, created.text
+        dataset = created.json()
+        assert dataset["report"]["shard_set"] == "digit-shards" and dataset["num_classes"] == 10
+
+        body = _body(dataset["id"], world_size=2, seed=6)
+        victim = client.post("/v1/jobs", json=body).json()
+        wait_job(
+            client,
+            victim["id"],
+            timeout=180,
+            until=lambda j: j["phase"] == "training" and j["progress"] >= 0.3,
+        )
+        ranks = _rank_pids(victim["id"])
+        os.kill(ranks[1], signal.SIGKILL)
+        resumed = wait_job(client, victim["id"], timeout=300)
+        assert resumed["status"] == "succeeded" and resumed["attempts"] == 2, (
+            resumed,
+            two_device_worker.tail(60),
+        )
+
+        whole = wait_job(client, client.post("/v1/jobs", json=body).json()["id"], timeout=300)
+        assert whole["status"] == "succeeded" and whole["attempts"] == 1, whole
+        got, want = _tensors(client, resumed["model_id"]), _tensors(client, whole["model_id"])
+        assert got.keys() == want.keys() and all(got[k].equal(want[k]) for k in want)  # bit for bit
+        assert resumed["metrics"]["val_acc"] == whole["metrics"]["val_acc"]
+        assert client.delete(f"/v1/datasets/{dataset['id']}").status_code == 204
+        assert (stack.data_dir / "shards" / "digit-shards" / "train-000000.tar").exists()  # never deleted

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
@@ -18,11 +19,13 @@ from app.api.uploads import multipart_openapi, read_multipart
 from app.core.db import repo
 from app.core.db.tables import Dataset, new_id
 from app.core.settings import Settings
+from app.core.shard_sets import ShardSetsError, load_shard_sets
 from app.core.storage import Storage, dataset_prefix, temp_dir
 from app.ingest.archive import ArchiveLimits
 from app.ingest.datasets import DatasetRejected, IngestLimits, ingest_archive
-from app.schemas import DatasetPublic, ErrorResponse, Page
+from app.schemas import DatasetPublic, ErrorResponse, Page, ShardDatasetCreate
 
+log = logging.getLogger("promptune.api")
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=error_responses(401, 422))
 
 _STATUS = {"too_large": 413}
@@ -197,6 +200,53 @@ def get_dataset(dataset_id: str, session: SessionDep, tenant: TenantDep) -> Data
     row = repo.get_dataset(session=session, tenant_id=tenant.id, dataset_id=dataset_id)
     if row is None:
         raise not_found("dataset", "dataset_id")
+    return DatasetPublic.model_validate(row)
+
+
+@router.post(
+    "/shards",
+    status_code=201,
+    response_model=DatasetPublic,
+    responses=error_responses(404, 422),
+    name="create_shard_dataset",
+    summary="Create a dataset that streams a registered shard set",
+)
+def create_shard_dataset(
+    body: ShardDatasetCreate, session: SessionDep, tenant: TenantDep, settings: SettingsDep
+) -> DatasetPublic:
+    """Nothing is uploaded or copied: jobs on this dataset stream the set's tar shards from storage, split
+    by rank and DataLoader worker (docs/distributed.md). ``val_fraction`` and ``shots`` do not apply."""
+    try:
+        sets = load_shard_sets(settings)
+    except ShardSetsError as exc:  # the operator's file, not the request: logged, and a 503 to retry later
+        log.error("shard sets: %s", exc.message)
+        raise ApiError(
+            503, "shard_sets_unavailable", "the server's shard-set registry cannot be read"
+        ) from None
+    shard_set = sets.get(body.shard_set)
+    if shard_set is None:
+        known = ", ".join(sorted(sets)) or "none registered on this server"
+        raise ApiError(
+            404, "not_found", f"unknown shard set {body.shard_set!r} (known: {known})", param="shard_set"
+        )
+    dataset_id = new_id()
+    splits = {"train": shard_set.num_samples}
+    if shard_set.val is not None:
+        splits["val"] = shard_set.val_samples or 1  # counted by the worker; 1 marks "there is one"
+    row = repo.create_dataset(
+        session=session,
+        tenant_id=tenant.id,
+        id=dataset_id,
+        name=body.name or shard_set.name,
+        status="ready",
+        num_images=shard_set.num_samples + (shard_set.val_samples or 0),
+        num_classes=len(shard_set.classes),
+        classes=shard_set.classes,
+        splits=splits,
+        report={"skipped": [], "trimmed": [], "shard_set": shard_set.name},
+        storage_key=f"shard-datasets/{tenant.id}/{dataset_id}",  # holds nothing: deleting it is harmless
+    )
+    session.commit()
     return DatasetPublic.model_validate(row)
 
 
