@@ -26,11 +26,10 @@ import dataclasses
 import glob as globlib
 import hashlib
 import io
-import json
 import tarfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from pathlib import Path
+from typing import Any
 
 import fsspec
 import torch
@@ -38,12 +37,11 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import DataError
-from .dataset import MAX_IMAGE_BYTES, DatasetReport, _to_tensor, open_image
-from .webdataset import IMAGE_EXTS, _split_key
+from .dataset import DatasetReport, _to_tensor, open_image
+from .webdataset import IMAGE_EXTS, raw_label, read_tar_groups
 
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 MAX_PIXELS = 40_000_000
-MAX_LABEL_BYTES = 1 << 20
 _POS_BITS = 32
 STATE_VERSION = 1
 
@@ -74,70 +72,6 @@ def list_shards(url_or_glob: str | Path) -> list[ShardSpec]:
     if not paths:
         raise DataError(f"no {'/'.join(SHARD_SUFFIXES)} shards at {url_or_glob}")
     return [ShardSpec(fs.unstrip_protocol(p), i, found[p].get("size")) for i, p in enumerate(paths)]
-
-
-def _safe_key(name: str) -> tuple[str, str] | None:
-    """``(key, ext)`` for a plain relative member name; ``None`` for absolute/``..``/odd names."""
-    pure = PurePosixPath(name)
-    if not name or "\\" in name or "\x00" in name or pure.is_absolute() or ".." in pure.parts:
-        return None
-    return _split_key(name)
-
-
-def iter_stream_groups(
-    fileobj: IO[bytes], where: str, report: DatasetReport, *, skip: int = 0
-) -> Iterator[tuple[int, str, dict[str, bytes]]]:
-    """Stream ``(position, key, {ext: bytes})`` key groups of one tar, skipping the first ``skip``.
-
-    Only image and label members are read (others are passed over in the stream); the bytes of the
-    skipped groups are never read, so resuming costs I/O but no decoding.
-    """
-    wanted = (*IMAGE_EXTS, "cls", "json")
-    current: str | None = None
-    pos = -1
-    members: dict[str, bytes] = {}
-    try:
-        with tarfile.open(fileobj=fileobj, mode="r|*") as tf:
-            for info in tf:
-                if info.isdir():
-                    continue
-                split = _safe_key(info.name) if info.isfile() else None
-                if split is None:
-                    report.add(
-                        f"{where}:{info.name}", "not a sample member (unsafe name, link or no extension)"
-                    )
-                    continue
-                key, ext = split
-                if key != current:
-                    if current is not None and pos >= skip:
-                        yield pos, current, members
-                    current, members, pos = key, {}, pos + 1
-                if pos < skip or ext not in wanted:
-                    continue
-                limit = MAX_IMAGE_BYTES if ext in IMAGE_EXTS else MAX_LABEL_BYTES
-                if info.size > limit:
-                    report.add(f"{where}:{info.name}", f"larger than {limit} bytes")
-                    continue
-                fh = tf.extractfile(info)
-                members[ext] = fh.read() if fh is not None else b""
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        # A shard that cannot be read to its end (storage error, truncated upload) fails the stream: a
-        # skipped shard would silently train on less data than the epoch claims. Bad members are skipped.
-        raise DataError(f"shard {where} cannot be read: {type(exc).__name__}: {exc}") from exc
-    if current is not None and pos >= skip:
-        yield pos, current, members
-
-
-def _raw_label(members: dict[str, bytes]) -> int | str | None:
-    if "cls" in members:
-        return members["cls"].decode().strip()  # an integer or a class name; resolve_label decides
-    if "json" in members:
-        doc = json.loads(members["json"])  # JSON only: labels are never unpickled
-        label = doc.get("label") if isinstance(doc, dict) else None
-        if isinstance(label, bool) or not isinstance(label, int | str):
-            raise ValueError("json member has no integer or string 'label'")
-        return label
-    return None
 
 
 def _shard_specs(shards: Sequence[ShardSpec | str]) -> list[ShardSpec]:
@@ -229,7 +163,7 @@ class ShardStream(IterableDataset):
         except (OSError, ValueError) as exc:  # as above: never a silent hole in the epoch
             raise DataError(f"shard {spec.url} cannot be opened: {type(exc).__name__}: {exc}") from exc
         with fh:
-            for pos, key, members in iter_stream_groups(fh, spec.url, self.report, skip=skip):
+            for pos, key, members in read_tar_groups(fh, spec.url, self.report, skip=skip):
                 decoded = self._decode(f"{spec.url}:{key}", members)
                 if decoded is None:
                     continue
@@ -249,9 +183,9 @@ class ShardStream(IterableDataset):
             self.report.add(where, "no image member (jpg/jpeg/png/webp)")
             return None
         try:
-            raw = _raw_label(members)
+            raw = raw_label(members)
             if raw is None:
-                self.report.add(where, "no label member (cls/json)")
+                self.report.add(where, "no label member (cls/json/txt)")
                 return None
             label = self._resolve(raw)
         except (ValueError, UnicodeDecodeError, DataError) as exc:

@@ -14,7 +14,7 @@ import json
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO, Any
 
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
@@ -24,6 +24,7 @@ from .dataset import MAX_IMAGE_BYTES, DatasetReport, _to_tensor, open_image
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 LABEL_EXTS = ("cls", "json", "txt")
+MAX_LABEL_BYTES = 1 << 20
 
 
 def _split_key(name: str) -> tuple[str, str] | None:
@@ -36,48 +37,89 @@ def _split_key(name: str) -> tuple[str, str] | None:
     return key, ext.lower()
 
 
-def iter_tar_groups(
-    path: str | Path, report: DatasetReport, *, wanted: Sequence[str] | None = None
-) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Stream ``(key, {ext: bytes})`` groups from one tar shard (members read one at a time).
+def _safe_key(name: str) -> tuple[str, str] | None:
+    """``(key, ext)`` for a plain relative member name; ``None`` for absolute/``..``/odd names."""
+    pure = PurePosixPath(name)
+    if not name or "\\" in name or "\x00" in name or pure.is_absolute() or ".." in pure.parts:
+        return None
+    return _split_key(name)
 
-    ``wanted``: only read the bytes of these extensions (others are skipped in the stream).
+
+def read_tar_groups(
+    fileobj: IO[bytes],
+    where: str,
+    report: DatasetReport,
+    *,
+    wanted: Sequence[str] = (*IMAGE_EXTS, *LABEL_EXTS),
+    skip: int = 0,
+    placeholders: bool = False,
+) -> Iterator[tuple[int, str, dict[str, bytes]]]:
+    """THE tar reader: stream ``(position, key, {ext: bytes})`` for every key group of one tar, in order.
+
+    Members are read one at a time in tar stream mode; nothing is extracted, and member names only
+    group members (unsafe names, links and special files are reported and passed over). Only the
+    ``wanted`` extensions are read (``placeholders``: the others appear as empty bytes, so a caller can
+    see a group has an image without reading it). The first ``skip`` groups are passed over unread (a
+    resumed stream pays I/O, not decoding). A tar that cannot be read to its end raises ``DataError``.
     """
     current: str | None = None
+    pos = -1
     members: dict[str, bytes] = {}
     try:
-        with tarfile.open(str(path), mode="r|*") as tf:
+        with tarfile.open(fileobj=fileobj, mode="r|*") as tf:
             for info in tf:
                 if info.isdir():
                     continue
-                split = _split_key(info.name)
-                if not info.isfile() or split is None:
+                split = _safe_key(info.name) if info.isfile() else None
+                if split is None:
                     report.add(
-                        f"{path}:{info.name}", "not a sample member (link, special file or no extension)"
+                        f"{where}:{info.name}", "not a sample member (unsafe name, link or no extension)"
                     )
                     continue
                 key, ext = split
                 if key != current:
-                    if current is not None and members:
-                        yield current, members
-                    current, members = key, {}
-                if wanted is not None and ext not in wanted:
-                    members.setdefault(ext, b"")
+                    if current is not None and pos >= skip:
+                        yield pos, current, members
+                    current, members, pos = key, {}, pos + 1
+                if pos < skip:
                     continue
-                if info.size > MAX_IMAGE_BYTES:
-                    report.add(f"{path}:{info.name}", f"larger than {MAX_IMAGE_BYTES} bytes")
+                if ext not in wanted:
+                    if placeholders:
+                        members.setdefault(ext, b"")
+                    continue
+                limit = MAX_IMAGE_BYTES if ext in IMAGE_EXTS else MAX_LABEL_BYTES
+                if info.size > limit:
+                    report.add(f"{where}:{info.name}", f"larger than {limit} bytes")
                     continue
                 fh = tf.extractfile(info)
                 members[ext] = fh.read() if fh is not None else b""
     except (tarfile.TarError, OSError, EOFError) as exc:
-        report.add(str(path), f"unreadable shard: {type(exc).__name__}: {exc}")
-    if current is not None and members:
-        yield current, members
+        raise DataError(f"shard {where} cannot be read: {type(exc).__name__}: {exc}") from exc
+    if current is not None and pos >= skip:
+        yield pos, current, members
 
 
-def _raw_label(members: dict[str, bytes]) -> int | str | None:
+def iter_tar_groups(
+    path: str | Path, report: DatasetReport, *, wanted: Sequence[str] | None = None
+) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """``(key, {ext: bytes})`` groups of one local tar that hold a wanted member; an unreadable shard is
+    reported (not raised) and ends its groups. ``wanted`` None: images and labels."""
+    try:
+        with open(path, "rb") as fh:
+            groups = read_tar_groups(fh, str(path), report, wanted=wanted or (*IMAGE_EXTS, *LABEL_EXTS),
+                                     placeholders=wanted is not None)  # fmt: skip
+            for _, key, members in groups:
+                if members:
+                    yield key, members
+    except (DataError, OSError) as exc:
+        report.add(str(path), f"unreadable shard: {exc}")
+
+
+def raw_label(members: dict[str, bytes]) -> int | str | None:
+    """The label of a key group as written: ``cls`` (an integer or a class name), ``json``
+    (``{"label": ...}``; JSON only, labels are never unpickled) or ``txt``, in that order."""
     if "cls" in members:
-        return int(members["cls"].decode().strip())
+        return members["cls"].decode().strip()
     if "json" in members:
         doc = json.loads(members["json"])
         label = doc.get("label") if isinstance(doc, dict) else None
@@ -134,7 +176,7 @@ class WebDatasetShards(IterableDataset):
             self.report.add(key, "no image member (jpg/jpeg/png/webp)")
             return None
         try:
-            raw = _raw_label(members)
+            raw = raw_label(members)
             if raw is None:
                 self.report.add(key, "no label member (cls/json/txt)")
                 return None
@@ -187,7 +229,7 @@ def scan_webdataset(shard_paths: Sequence[str | Path]) -> tuple[list[str], int, 
     for path in shard_paths:
         for key, members in iter_tar_groups(path, report, wanted=LABEL_EXTS):
             try:
-                raw = _raw_label(members)
+                raw = raw_label(members)
             except (ValueError, UnicodeDecodeError) as exc:
                 report.add(key, f"bad label: {exc}")
                 continue
