@@ -126,7 +126,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    backbone = load_backbone(BackboneSpec(family="open_clip", arch=args.arch, weights="random"))
+    backbone = load_backbone(BackboneSpec(family="open_clip", arch=args.arch, weights="random", kind="clip"))
     first = fit_linear(backbone, kd=True, cached=False)
     later = fit_linear(backbone, kd=True, cached=True)
     out: dict[str, Any] = {

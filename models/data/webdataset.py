@@ -2,7 +2,7 @@
 
 Each sample is the run of consecutive members sharing a key (``dir/0001.jpg`` + ``dir/0001.cls``
 -> key ``dir/0001``), as in the webdataset convention. The image is the ``jpg``/``jpeg``/``png``/
-``webp`` member; the label comes from ``cls`` (an integer), ``json`` (``{"label": ...}``) or
+``webp`` member; the label comes from ``cls`` (an integer or a class name), ``json`` (``{"label": ...}``) or
 ``txt`` (a class name or integer), in that order of preference. Bad samples are reported in
 ``.report`` (per process) and skipped.
 """
