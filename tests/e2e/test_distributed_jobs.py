@@ -87,6 +87,13 @@ def two_device_worker(stack: Stack) -> Any:
     stop_all([proc], timeout=60)
 
 
+@pytest.fixture
+def one_rank_worker(stack: Stack) -> Any:
+    proc = stack.start_worker("one-rank")
+    yield proc
+    proc.stop()  # other tests count on their own workers alone taking the `jobs` queue
+
+
 def _celery_argv() -> list[str]:
     # Only the two-rank queue: one-rank jobs of other tests stay with the session's workers.
     argv = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "jobs.w2"]
@@ -94,7 +101,7 @@ def _celery_argv() -> list[str]:
 
 
 def test_two_rank_job_matches_one_process_and_survives_a_killed_rank(
-    stack: Stack, tmp_path: Path, two_device_worker: Proc
+    stack: Stack, tmp_path: Path, two_device_worker: Proc, one_rank_worker: Proc
 ) -> None:
     with stack.client() as client:
         dataset = upload_digits(client, tmp_path, per_class=6)
@@ -103,9 +110,8 @@ def test_two_rank_job_matches_one_process_and_survives_a_killed_rank(
         assert job["status"] == "succeeded", (job, two_device_worker.tail())
         assert job["attempts"] == 1
 
-        one_worker = stack.start_worker("one-rank")
         one = wait_job(client, client.post("/v1/jobs", json=_body(dataset["id"])).json()["id"], timeout=300)
-        assert one["status"] == "succeeded", (one, one_worker.tail())
+        assert one["status"] == "succeeded", (one, one_rank_worker.tail())
         _assert_close(_tensors(client, job["model_id"]), _tensors(client, one["model_id"]))
         assert job["metrics"]["val_acc"] == pytest.approx(one["metrics"]["val_acc"], abs=1e-6)
 
