@@ -207,7 +207,7 @@ def get_dataset(dataset_id: str, session: SessionDep, tenant: TenantDep) -> Data
     "/shards",
     status_code=201,
     response_model=DatasetPublic,
-    responses=error_responses(404, 422),
+    responses=error_responses(400, 404, 422, 503),
     name="create_shard_dataset",
     summary="Create a dataset that streams a registered shard set",
 )
