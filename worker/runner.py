@@ -77,14 +77,8 @@ class JobRun:
         spec: JobSpec,
         rank: RankInfo = SINGLE,
     ) -> None:
-        self.settings, self.store, self.storage, self.lease, self.keeper = (
-            settings,
-            store,
-            storage,
-            lease,
-            keeper,
-        )
-        self.spec, self.rank = spec, rank
+        self.settings, self.store, self.storage = settings, store, storage
+        self.lease, self.keeper, self.spec, self.rank = lease, keeper, spec, rank
         # One folder per attempt (and per rank): a worker that lost its lease never writes into its
         # successor's, and ranks on one host never share one.
         suffix = f"-r{rank.rank}" if rank.distributed else ""
@@ -169,7 +163,6 @@ class JobRun:
     # ---- stages ----
     def _build_method(self, plan: Any, backbone: Any, data: LoadedData) -> PromptMethod:
         """The job's method on the training device, started from ``init_from`` when the job names one."""
-
         import models
 
         device = self.rank.device()

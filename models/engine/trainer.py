@@ -152,7 +152,6 @@ class Trainer:
             "num_val": None if self.val_data is None else len(self.val_data),
         }
 
-    # ---- data -----------------------------------------------------------------------------
     @staticmethod
     def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
         return {
