@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ZOO_PROFILE_FOR = {"quick": "quick", "cpu": "full", "gpu": "gpu"}
+ZOO_PROFILE_FOR = {"quick": "quick", "cpu": "full", "cpu-rpp": "demo", "gpu": "gpu"}
 
 
 def _hardware(device: str) -> str:
@@ -28,9 +28,13 @@ def _registry(args: argparse.Namespace) -> Path:
     if args.registry:
         return Path(args.registry)
     from ..zoo.build import REGISTRY_NAME, build_zoo
+    from .plan import get_profile
 
+    prof = get_profile(args.profile)
     zoo_profile = args.zoo_profile or ZOO_PROFILE_FOR[args.profile]
-    build_zoo(args.zoo, profile=zoo_profile, device=args.device)  # writes ZOO/backbones.json
+    # an RPP-only profile (cpu-rpp) needs the CLIP alone
+    only = None if prof.spt_backbones or prof.length_backbones else [prof.rpp_backbone]
+    build_zoo(args.zoo, profile=zoo_profile, only=only, device=args.device)  # writes ZOO/backbones.json
     return Path(args.zoo) / REGISTRY_NAME
 
 
@@ -60,8 +64,22 @@ def _report(args: argparse.Namespace) -> int:
     from . import write_report
 
     header = Path(args.header).read_text() if args.header else ""
-    write_report(args.results, args.out, header=header, plots_dir=args.plots)
+    write_report(args.results, args.out, header=header, plots_dir=args.plots, also=args.also)
     print(f"[bench] report {args.out}")
+    return 0
+
+
+def _grad_norms(args: argparse.Namespace) -> int:
+    import torch
+
+    from .grad_norms import grad_norm_table, run_grad_norms
+    from .plan import get_profile
+
+    torch.set_num_threads(args.threads)
+    result = run_grad_norms(args.registry, get_profile(args.profile), args.out, batches=args.batches,
+                            batch_size=args.batch_size)  # fmt: skip
+    print("\n".join(grad_norm_table(result)))
+    print(f"[bench] gradient norms {args.out}")
     return 0
 
 
@@ -91,7 +109,18 @@ def add_bench_parser(sub: Any, name: str | None = None) -> None:
     w.add_argument("--out", required=True, help="markdown file to write")
     w.add_argument("--plots", default=None, help="folder for the PNG plots")
     w.add_argument("--header", default=None, help="markdown file prepended to the report")
+    w.add_argument("--also", action="append", default=[],
+                   help="another results folder appended as its own section (its header.md, plots, "
+                        "grad_norms.json beside its results.jsonl); repeatable")  # fmt: skip
     w.set_defaults(func=_report)
+    g = bench.add_parser("grad-norms", help="gradient norm of each prompt tensor per layer, every RPP row")
+    g.add_argument("--profile", choices=sorted(ZOO_PROFILE_FOR), default="cpu-rpp")
+    g.add_argument("--registry", required=True, help="backbones.json holding the profile's CLIP")
+    g.add_argument("--out", required=True, help="JSON file to write (grad_norms.json)")
+    g.add_argument("--batches", type=int, default=4, help="fixed source batches")
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--threads", type=int, default=1, help="torch threads")
+    g.set_defaults(func=_grad_norms)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,12 +25,30 @@ SPT_METHODS: dict[str, dict[str, Any]] = {
     **{f"spt-deep-{i}": {"family": "prompt", "mode": "deep", "init": i} for i in SPT_INITS},
 }
 # name -> RPPConfig overrides (kd_weight of rpp-kd comes from the profile)
+# Every row names its carry mode (docs/methods.md A.6), so a change of RPPConfig.carry's default does not
+# change what a row means. Depth None = blocks - 1 for every deep row, so rows differ only where named.
+_ADD = {"carry": "add"}
+_REPLACE = {"carry": "replace"}
 RPP_METHODS: dict[str, dict[str, Any]] = {
     "zero-shot": {"text_design": "none", "vision_design": "none", "kd_weight": 0.0},
     "coop": {"text_design": "coop", "vision_design": "none", "kd_weight": 0.0},
-    "shared": {"text_design": "shared", "vision_design": "shared", "kd_weight": 0.0},
-    "rpp-nokd": {"text_design": "qkv", "vision_design": "qkv", "kd_weight": 0.0},
-    "rpp-kd": {"text_design": "qkv", "vision_design": "qkv"},
+    "shared": {"text_design": "shared", "vision_design": "shared", "kd_weight": 0.0, **_ADD},
+    "rpp-nokd": {"text_design": "qkv", "vision_design": "qkv", "kd_weight": 0.0, **_ADD},
+    "rpp-kd": {"text_design": "qkv", "vision_design": "qkv", **_ADD},
+    # IVLP / VPT-deep as published: each prompted layer's prompts overwrite the previous slot output.
+    "shared-replace": {"text_design": "shared", "vision_design": "shared", "kd_weight": 0.0, **_REPLACE},
+    # SAPL as the second-hand review describes it (layer-wise replacement of the q/k/v copies).
+    "rpp-replace-nokd": {"text_design": "qkv", "vision_design": "qkv", "kd_weight": 0.0, **_REPLACE},
+    "rpp-replace-kd": {"text_design": "qkv", "vision_design": "qkv", **_REPLACE},
+    # Under replace only the last prompted layer's P_q can learn, so the one depth where every P_q learns
+    # is 1 (a shallow q/k/v prompt whose slot output flows through every later block; carry is then moot).
+    "rpp-replace-kd-depth1": {
+        "text_design": "qkv",
+        "vision_design": "qkv",
+        "text_depth": 1,
+        "vision_depth": 1,
+        **_REPLACE,
+    },
 }
 VTAB_TASKS = (
     "digits",
@@ -126,6 +144,33 @@ PROFILES: dict[str, BenchProfile] = {
     ),  # fmt: skip
     # The full grid at CPU-sized budgets (hours on two cores).
     "cpu": BenchProfile(name="cpu", epochs=20, rpp_epochs=5),
+    # The RPP table alone (every row, 3 seeds) at budgets that fit about 90 minutes on one CPU core, on the
+    # zoo's demo CLIP (docs/benchmarks.md, "CPU RPP table"). No SPT or prompt-length runs.
+    "cpu-rpp": BenchProfile(
+        name="cpu-rpp",
+        spt_backbones=(),
+        spt_methods=(),
+        length_methods=(),
+        length_backbones=(),
+        length_tasks=(),
+        # rows in priority order (a time limit cuts the tail of the seed phase)
+        rpp_methods=(
+            "zero-shot",
+            "shared",
+            "shared-replace",
+            "rpp-nokd",
+            "rpp-replace-nokd",
+            "rpp-kd",
+            "rpp-replace-kd",
+            "rpp-replace-kd-depth1",
+            "coop",
+        ),
+        # one run measured 1.5 s per batch-128 step on one thread (36 steps an epoch) plus ~30 s of evaluation
+        rpp_epochs=2,
+        rpp_batch_size=64,
+        rpp_lr_grid=(5e-3, 1e-2),
+        rpp_b2n_epochs=1,
+    ),  # fmt: skip
     # The grid for a lent GPU, in priority order (a time limit cuts the tail): deep prompts first, the
     # prompt-length runs on two tasks at M = 4, 16, 32 (M = 8 is the table's own column).
     "gpu": BenchProfile(

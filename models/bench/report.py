@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .plan import SPT_INITS, chosen_lr, get_profile
+from .plan import RPP_METHODS, SPT_INITS, chosen_lr
 from .runner import read_results
 
 GROUPS = {"digits": "natural", "shapes": "natural", "texture": "specialised", "background": "specialised",
@@ -133,26 +133,31 @@ def _length_section(rows: list[dict[str, Any]], lines: list[str]) -> dict[tuple[
     return out
 
 
+def _rpp_order(method: str) -> int:
+    names = list(RPP_METHODS)
+    return names.index(method) if method in names else len(names)
+
+
 def _rpp_section(rows: list[dict[str, Any]], lines: list[str]) -> dict[str, dict[str, list[float]]]:
     rpp = sorted([r for r in rows if r["table"] == "rpp"], key=lambda r: r["seed"])
     stats: dict[str, dict[str, list[float]]] = {}
     if not rpp:
         return stats
     targets = list(rpp[0]["targets"])
-    lines += ["### RPP table: zero-shot transfer after prompt pretraining on rpp-source (test accuracy %, "
-              "mean ± std over seeds)", "",
-              "| method | source | " + " | ".join(t.removeprefix("rpp-") for t in targets)
+    lines += ["### RPP table: zero-shot transfer after prompt pretraining on rpp-source (accuracy %, "
+              "mean ± std over seeds; source val chose the learning rate, the rest is test)", "",
+              "| method | source val | source test | " + " | ".join(t.removeprefix("rpp-") for t in targets)
               + " | target mean | b2n base | b2n new | b2n HM | seeds |",
-              "|---|---|" + "---|" * (len(targets) + 5)]  # fmt: skip
-    for m, rs in sorted(
-        _by(rpp, "method").items(), key=lambda kv: list(get_profile("gpu").rpp_methods).index(kv[0][0])
-    ):
+              "|---|---|---|" + "---|" * (len(targets) + 5)]  # fmt: skip
+    for m, rs in sorted(_by(rpp, "method").items(), key=lambda kv: _rpp_order(kv[0][0])):
         s = stats[m[0]] = {
+            "val": [r["val_acc"] for r in rs],
             "source": [r["source_test_acc"] for r in rs], "mean": [r["test_acc"] for r in rs],
             **{t: [r["targets"][t]["test_acc"] for r in rs] for t in targets},
             **{f"b2n-{k}": [r["base_to_new"][k] for r in rs] for k in ("base", "new", "hm")},
         }  # fmt: skip
-        lines.append(f"| {m[0]} | {_ms(s['source'])} | " + " | ".join(_ms(s[t]) for t in targets)
+        lines.append(f"| {m[0]} | {_ms(s['val'])} | {_ms(s['source'])} | "
+                     + " | ".join(_ms(s[t]) for t in targets)
                      + f" | **{_ms(s['mean'])}** | {_ms(s['b2n-base'])} | {_ms(s['b2n-new'])} | "
                      f"**{_ms(s['b2n-hm'])}** | {len(rs)} |")  # fmt: skip
     lines.append("")
@@ -166,9 +171,7 @@ def _delta(a: list[float], b: list[float]) -> str:
     return f"{d:+.1f} points ({_mean(a) * 100:.1f} vs {_mean(b) * 100:.1f})"
 
 
-def _claims(cells: dict[tuple[str, str, str], list[float]], length: dict[tuple[str, int], list[float]],
-            rpp: dict[str, dict[str, list[float]]], lines: list[str]) -> None:  # fmt: skip
-    lines += ["## Claims, computed from the rows above", ""]
+def _spt_claims(cells: dict[tuple[str, str, str], list[float]], lines: list[str]) -> None:
     mae = "zoo-vit-mae-tiny"
     for i in SPT_INITS:
         lines.append(
@@ -182,6 +185,42 @@ def _claims(cells: dict[tuple[str, str, str], list[float]], length: dict[tuple[s
                     f"- {b}, {mode}: SPT init {i} − random (xavier) init: "
                     f"{_delta(cells.get((b, f'spt-{mode}-{i}', 'mean'), []), cells.get((b, f'vpt-{mode}', 'mean'), []))}"
                 )
+
+
+# (label, row a, row b) of each RPP comparison "a − b"; rows not in the results read "not measured".
+RPP_CLAIMS = (
+    ("RPP (with KD) − shared-prompt pretraining", "rpp-kd", "shared"),
+    ("RPP without KD − shared", "rpp-nokd", "shared"),
+    ("shared − zero-shot", "shared", "zero-shot"),
+    ("KD: RPP with KD − RPP without", "rpp-kd", "rpp-nokd"),
+    ("carry, shared: replace (IVLP as published) − add", "shared-replace", "shared"),
+    ("carry, RPP without KD: replace (SAPL as described) − add", "rpp-replace-nokd", "rpp-nokd"),
+    ("carry, RPP with KD: replace − add", "rpp-replace-kd", "rpp-kd"),
+    ("published designs: RPP replace with KD − shared replace", "rpp-replace-kd", "shared-replace"),
+    ("published designs: RPP replace without KD − shared replace", "rpp-replace-nokd", "shared-replace"),
+    ("shared replace − zero-shot", "shared-replace", "zero-shot"),
+    ("KD under replace: RPP replace with KD − without", "rpp-replace-kd", "rpp-replace-nokd"),
+    ("depth 1 (every P_q learns) − depth blocks-1, RPP replace with KD", "rpp-replace-kd-depth1", "rpp-replace-kd"),
+)  # fmt: skip
+
+
+def _rpp_claims(rpp: dict[str, dict[str, list[float]]], lines: list[str]) -> None:
+    get = lambda m, k: rpp.get(m, {}).get(k, [])  # noqa: E731
+    for label, a, b in RPP_CLAIMS:
+        if a not in rpp and b not in rpp:
+            continue
+        lines.append(
+            f"- {label}: target mean {_delta(get(a, 'mean'), get(b, 'mean'))}; "
+            f"source val {_delta(get(a, 'val'), get(b, 'val'))}; "
+            f"base-to-new HM {_delta(get(a, 'b2n-hm'), get(b, 'b2n-hm'))}"
+        )
+
+
+def _claims(cells: dict[tuple[str, str, str], list[float]], length: dict[tuple[str, int], list[float]],
+            rpp: dict[str, dict[str, list[float]]], lines: list[str]) -> None:  # fmt: skip
+    lines += ["## Claims, computed from the rows above", ""]
+    if cells:
+        _spt_claims(cells, lines)
     for m in sorted({k[0] for k in length}):
         means = [_mean(v) for (mm, _), v in sorted(length.items()) if mm == m and v]
         stds = [statistics.stdev(v) * 100 for (mm, _), v in sorted(length.items()) if mm == m and len(v) > 1]
@@ -191,27 +230,13 @@ def _claims(cells: dict[tuple[str, str, str], list[float]], length: dict[tuple[s
                 f"{(max(means) - min(means)) * 100:.1f} points; seed std averaged over M: {_mean(stds):.2f} points"
             )
     if rpp:
-        get = lambda m, k: rpp.get(m, {}).get(k, [])  # noqa: E731
-        lines.append(
-            f"- RPP (with KD) − shared-prompt pretraining, target mean: {_delta(get('rpp-kd', 'mean'), get('shared', 'mean'))}"
-        )
-        lines.append(
-            f"- RPP without KD − shared, target mean: {_delta(get('rpp-nokd', 'mean'), get('shared', 'mean'))}"
-        )
-        lines.append(
-            f"- shared − zero-shot, target mean: {_delta(get('shared', 'mean'), get('zero-shot', 'mean'))}"
-        )
-        lines.append(
-            f"- KD: RPP with KD − RPP without, target mean: {_delta(get('rpp-kd', 'mean'), get('rpp-nokd', 'mean'))}; "
-            f"base-to-new HM: {_delta(get('rpp-kd', 'b2n-hm'), get('rpp-nokd', 'b2n-hm'))}"
-        )
+        _rpp_claims(rpp, lines)
     lines.append("")
 
 
-def write_report(results_dir: str | Path, out_md: str | Path, *, header: str = "",
-                 plots_dir: str | Path | None = None) -> str:  # fmt: skip
-    """Write the markdown report (and PNGs when matplotlib is installed); returns the markdown."""
-    results = read_results(Path(results_dir) / "results.jsonl")
+def _render(results_dir: Path, header: str, plots_dir: Path | None) -> str:
+    """One results folder as markdown (sections without rows are left out); writes its plots."""
+    results = read_results(results_dir / "results.jsonl")
     rows = final_rows(results)
     errors = [r for r in results if r.get("status") != "ok"]
     lines = [header.rstrip(), ""] if header else []
@@ -219,20 +244,28 @@ def write_report(results_dir: str | Path, out_md: str | Path, *, header: str = "
         f"Runs: {len(results)} recorded, {len(rows)} at the chosen learning rates, {len(errors)} failed.",
         "",
     ]
-    lines += ["## SPT table (mini VTAB-1k)", ""]
-    cells = _spt_section(rows, lines)
-    _init_times(rows, lines)
+    cells: dict[tuple[str, str, str], list[float]] = {}
+    if any(r["table"] == "spt" for r in rows):
+        lines += ["## SPT table (mini VTAB-1k)", ""]
+        cells = _spt_section(rows, lines)
+        _init_times(rows, lines)
     length = _length_section(rows, lines)
     lines += ["## RPP table", ""]
     rpp = _rpp_section(rows, lines)
+    grads = results_dir / "grad_norms.json"
+    if grads.is_file():
+        import json
+
+        from .grad_norms import grad_norm_table
+
+        lines += ["### Which prompt tensors learn: gradient norms", ""]
+        lines += grad_norm_table(json.loads(grads.read_text()))
     _claims(cells, length, rpp, lines)
     if errors:
         lines += ["## Failed runs", ""]
         for (table, backbone, method), rs in sorted(_by(errors, "table", "backbone", "method").items()):
             lines.append(f"- {table} {backbone} {method}: {len(rs)} runs failed: {rs[0]['error'][:160]}")
         lines.append("")
-    text = "\n".join(lines)
-    Path(out_md).write_text(text)
     if plots_dir is not None:
         from .plots import write_plots
 
@@ -240,4 +273,26 @@ def write_report(results_dir: str | Path, out_md: str | Path, *, header: str = "
             write_plots(cells, length, rpp, Path(plots_dir))
         except ImportError:  # matplotlib is a dev/bench extra, not a service dependency
             print("[bench] matplotlib is not installed: no plots (pip install -r requirements-dev.txt)")
+    return "\n".join(lines)
+
+
+def _demoted(text: str) -> str:
+    """Every markdown heading one level down (an appended folder's report nests under its header)."""
+    return "\n".join("#" + line if line.startswith("#") else line for line in text.splitlines())
+
+
+def write_report(results_dir: str | Path, out_md: str | Path, *, header: str = "",
+                 plots_dir: str | Path | None = None, also: Sequence[str | Path] = ()) -> str:  # fmt: skip
+    """Write the markdown report (and PNGs when matplotlib is installed); returns the markdown.
+
+    Each folder in ``also`` (a results.jsonl of another profile) is appended as its own section: its
+    ``header.md`` (if any) as written, then its tables with headings one level down; its plots go into it.
+    """
+    text = _render(Path(results_dir), header, Path(plots_dir) if plots_dir is not None else None)
+    for extra in also:
+        folder = Path(extra)
+        head = folder / "header.md"
+        body = _demoted(_render(folder, "", folder))
+        text += "\n\n" + (head.read_text().rstrip() + "\n\n" if head.is_file() else "") + body
+    Path(out_md).write_text(text)
     return text

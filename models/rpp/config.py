@@ -44,7 +44,11 @@ class RPPConfig(MethodConfig):
         text_length, vision_length: prompt tokens per tower (default 4, POMP's n_ctx; 0 disables a tower).
         text_depth, vision_depth: leading blocks with prompts; ``None`` = blocks - 1 (every tensor learns,
             see ``PromptTowerConfig``).
-        carry: ``add`` (default) or ``replace`` (VPT/IVLP layer-wise replacement), for both towers.
+        carry: ``add`` (default, ours: every P_q learns at the default depth) or ``replace`` (VPT/IVLP
+            layer-wise replacement, and RPP's SAPL layer as a second-hand review describes it; only the
+            last prompted layer's P_q learns), for both towers. Kept at ``add`` by evidence: on the CPU
+            RPP table's source validation split (docs/benchmarks.md) replace - add was +0.1 (shared),
+            -0.3 (RPP without KD) and +0.4 (RPP with KD) points over 3 seeds, within noise.
         ctx_init: words initialising the layer-0 text prompt (``"a photo of a"``); must tokenize to
             ``text_length`` tokens. ``None`` = N(0, 0.02).
         init_std: std of the normal prompt init.

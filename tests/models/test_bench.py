@@ -111,3 +111,88 @@ def test_full_finetune_is_the_only_row_that_trains_the_backbone() -> None:
     assert learned["linear"] == {"head.weight", "head.bias"}
     assert learned["vpt-deep"] == learned["spt-shallow-kmeans"] == {"prompts", "head.weight", "head.bias"}
     assert any(n.startswith("vit.") for n in learned["full-ft"])
+
+
+def test_cpu_rpp_profile_plans_the_whole_rpp_table_only() -> None:
+    from models.bench.cli import ZOO_PROFILE_FOR
+    from models.bench.plan import RPP_METHODS, run_groups
+
+    prof = get_profile("cpu-rpp")
+    prof.check()
+    runs = select_runs(prof)
+    assert {r["table"] for r in runs} == {"rpp"}
+    assert set(prof.rpp_methods) == set(RPP_METHODS)  # every old and new row
+    assert len(runs) == 1 + (len(RPP_METHODS) - 1) * len(prof.rpp_lr_grid)  # zero-shot has no grid
+    assert len({r["run_id"] for r in runs}) == len(runs)
+    assert run_groups(prof) == [("zoo-clip-tiny",)]
+    assert ZOO_PROFILE_FOR["cpu-rpp"] == "demo"
+    # every deep-prompt row names its carry mode, so the RPPConfig default cannot change a row's meaning
+    for name, overrides in RPP_METHODS.items():
+        if overrides["text_design"] in ("shared", "qkv"):
+            assert overrides["carry"] in ("add", "replace"), name
+    assert RPP_METHODS["shared-replace"]["carry"] == RPP_METHODS["rpp-replace-kd"]["carry"] == "replace"
+    assert RPP_METHODS["rpp-kd"]["carry"] == RPP_METHODS["shared"]["carry"] == "add"
+
+
+def test_grad_norms_are_zero_exactly_for_the_dead_prompt_tensors() -> None:
+    from models.backbones.loader import load_backbone
+    from models.bench.grad_norms import design_config, grad_norm_table, measure
+    from models.clip_prompting import dead_prompt_tensors
+    from models.zoo.rpp_tasks import rpp_source_task
+    from tests.tiny import tiny_clip_spec
+
+    torch.manual_seed(0)
+    backbone = load_backbone(tiny_clip_spec())  # 2 blocks per tower
+    source = rpp_source_task(seed=0, per_class={"train": 1, "val": 1, "test": 1})
+    prof = get_profile("cpu-rpp")
+    designs = [
+        "rpp-kd",
+        "rpp-replace-kd",
+        "rpp-replace-kd-depth1",
+        "shared-replace",
+        "rpp-replace-kd-alldepth",
+    ]
+    result = measure(backbone, source, prof, designs, batches=1, batch_size=8)
+    for name in designs:
+        cfg = design_config(name, prof, (2, 2))
+        dead = {
+            f"{tower} {t.replace('prompts_q', 'P_q')}"
+            for tower, tower_cfg in (("text", cfg.text_tower()), ("vision", cfg.vision_tower()))
+            for t in dead_prompt_tensors(tower_cfg, 2)
+        }
+        zero = {
+            f"{r['tower']} {r['tensor']}[{layer}]"
+            for r in result["designs"][name]["rows"]
+            for layer, value in enumerate(r["norms"])
+            if value == 0.0
+        }
+        assert zero == dead, name
+    # the all-depth replace design: every P_q is dead, every P_k / P_v learns
+    rows = result["designs"]["rpp-replace-kd-alldepth"]["rows"]
+    assert all((min(r["norms"]) == 0.0) == (r["tensor"] == "P_q") for r in rows)
+    table = "\n".join(grad_norm_table(result))
+    assert "| rpp-replace-kd-alldepth | replace | 1 | vision | P_q | **0** | **0** |" in table
+
+
+def test_report_compares_carry_modes_and_appends_folders(tmp_path: Path) -> None:
+    import json
+
+    def row(method: str, seed: int, acc: float) -> dict[str, object]:
+        return {"table": "rpp", "phase": "select" if seed == 0 else "seed", "backbone": "b", "task": "rpp-suite",
+                "method": method, "lr": 5e-3, "seed": seed, "status": "ok", "run_id": f"{method}{seed}",
+                "val_acc": acc, "source_test_acc": acc, "test_acc": acc,
+                "targets": {"rpp-x": {"val_acc": acc, "test_acc": acc}},
+                "base_to_new": {"base": acc, "new": acc, "hm": acc}}  # fmt: skip
+
+    main, extra = tmp_path / "main", tmp_path / "extra"
+    for folder, rows in ((main, [row("shared", 0, 0.5)]),
+                         (extra, [row("shared", s, 0.5) for s in range(3)]
+                          + [row("shared-replace", s, 0.6) for s in range(3)])):  # fmt: skip
+        folder.mkdir()
+        (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (extra / "header.md").write_text("## Extra folder\n")
+    md = write_report(main, tmp_path / "b.md", header="# Main", also=[extra])
+    assert md.index("# Main") < md.index("## Extra folder") < md.index("#### RPP table")  # nested one down
+    assert "## SPT table" not in md  # no SPT rows: no empty section
+    assert "| shared-replace | 60.0 ± 0.0 |" in md  # source val column
+    assert "carry, shared: replace (IVLP as published) − add: target mean +10.0 points (60.0 vs 50.0)" in md
