@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ZOO_PROFILE_FOR = {"quick": "quick", "cpu": "full", "cpu-rpp": "demo", "gpu": "gpu"}
+ZOO_PROFILE_FOR = {"quick": "quick", "cpu": "full", "cpu-rpp": "demo", "cpu-spt-small": "demo", "gpu": "gpu"}
 
 
 def _hardware(device: str) -> str:

@@ -171,6 +171,30 @@ PROFILES: dict[str, BenchProfile] = {
         rpp_lr_grid=(5e-3, 1e-2),
         rpp_b2n_epochs=1,
     ),  # fmt: skip
+    # Issue 15's no-GPU item for the SPT table: the rows it lacks (full fine-tuning, SPT-shallow max-pool
+    # and k-means) beside linear and SPT-shallow mean-pool, one task, one seed, on the zoo's demo MAE ViT.
+    # A smoke-sized check that the rows run and where they land, not a replacement for the GPU rows.
+    "cpu-spt-small": BenchProfile(
+        name="cpu-spt-small",
+        seeds=(0,),
+        spt_backbones=("zoo-vit-mae-tiny",),
+        spt_tasks=("count",),
+        spt_methods=(
+            "linear",
+            "full-ft",
+            "spt-shallow-mean-pool",
+            "spt-shallow-max-pool",
+            "spt-shallow-kmeans",
+        ),
+        task_sizes=(("train", 500), ("val", 100), ("test", 200)),
+        epochs=10,
+        warmup_epochs=1.0,
+        lr_grid=(("linear", (3e-3, 1e-2)), ("full-ft", (1e-4, 3e-4)), ("prompt", (3e-3, 1e-2))),
+        length_methods=(),
+        length_backbones=(),
+        length_tasks=(),
+        rpp_methods=(),
+    ),  # fmt: skip
     # The grid for a lent GPU, in priority order (a time limit cuts the tail): deep prompts first, the
     # prompt-length runs on two tasks at M = 4, 16, 32 (M = 8 is the table's own column).
     "gpu": BenchProfile(
